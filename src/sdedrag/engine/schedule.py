@@ -1,0 +1,83 @@
+"""Noise schedules and timestep grids, taken from any diffusers scheduler config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler
+
+from sdedrag.errors import InputError
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The decreasing timesteps an edit walks through, from t0 down to the data level.
+
+    ``timesteps[i]`` is the training timestep of grid point ``i`` and ``alphas[i]`` its
+    alpha-bar; the last point is training timestep 0, where the image latent x0 lives.
+    """
+
+    timesteps: torch.Tensor  # int64, shape [n + 1], decreasing
+    alphas: torch.Tensor  # float64, shape [n + 1], increasing
+
+    @property
+    def num_steps(self) -> int:
+        """Number of solver steps (grid intervals)."""
+        return len(self.timesteps) - 1
+
+    def interval(self, i: int) -> tuple[int, float, float]:
+        """Step ``i`` goes from grid point i (timestep t, alpha a_t) to point i + 1 (alpha a_s)."""
+        return int(self.timesteps[i]), float(self.alphas[i]), float(self.alphas[i + 1])
+
+
+class NoiseSchedule:
+    """The VP noise schedule (alpha-bar table) and timestep spacing of a diffusers scheduler config."""
+
+    def __init__(self, config: Mapping[str, Any]):
+        self._scheduler = DDIMScheduler.from_config(dict(config))
+        self.alphas_cumprod = self._scheduler.alphas_cumprod.to(torch.float64)
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        return self._scheduler.config
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def alpha(self, t: int | torch.Tensor) -> torch.Tensor:
+        """alpha-bar at integer training timestep(s) t."""
+        return self.alphas_cumprod[torch.as_tensor(t, dtype=torch.long)]
+
+    def grid(self, steps: int, t0: float = 1.0) -> Grid:
+        """The last round(t0 * steps) of ``steps`` scheduler timesteps, ending at the data level (t = 0).
+
+        ``t0`` is the fraction of the way to T the edit starts from (the paper's t0 = 0.6).
+        """
+        if steps < 1:
+            raise InputError(f"steps must be at least 1, got {steps}")
+        if not 0.0 < t0 <= 1.0:
+            raise InputError(f"t0 must be in (0, 1], got {t0}")
+        self._scheduler.set_timesteps(steps)
+        full = self._scheduler.timesteps.to(torch.long)
+        used = max(1, round(t0 * steps))
+        timesteps = full[steps - used :]
+        if timesteps[-1] != 0:
+            timesteps = torch.cat([timesteps, torch.zeros(1, dtype=torch.long)])
+        return Grid(timesteps=timesteps, alphas=self.alpha(timesteps))
+
+
+SD_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+"""Stable Diffusion's VP schedule (scaled-linear betas, 1000 steps, "leading" spacing with offset 1)."""

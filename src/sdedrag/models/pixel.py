@@ -1,0 +1,46 @@
+"""An unconditional pixel-space diffusers UNet2DModel as a DiffusionModel (the image is the latent)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import UNet2DModel
+from diffusers.utils.peft_utils import scale_lora_layers, unscale_lora_layers
+from torch import Tensor
+
+from sdedrag.engine.schedule import NoiseSchedule
+from sdedrag.models.base import DiffusionModel, eps_from_output
+
+
+class PixelUNet(DiffusionModel):
+    """Pixel-space model: ``encode_image`` and ``decode_latent`` are the identity on [-1, 1] images."""
+
+    latent_scale = 1
+
+    def __init__(self, unet: UNet2DModel, scheduler_config: dict[str, Any], name: str):
+        self.unet = unet
+        self.name = name
+        self.schedule = NoiseSchedule(scheduler_config)
+        self.prediction_type = scheduler_config.get("prediction_type", "epsilon")
+        self.device, self.dtype = unet.device, unet.dtype
+
+    @property
+    def has_lora(self) -> bool:
+        return bool(getattr(self.unet, "peft_config", None))
+
+    @torch.no_grad()
+    def predict_eps(self, x: Tensor, t: int, cond: Any = None, guidance: float = 1.0, lora_scale: float = 1.0) -> Tensor:
+        """eps_theta(x_t, t); unconditional, so ``guidance`` has no effect."""
+        scaled = self.has_lora and lora_scale != 1.0
+        if scaled:
+            scale_lora_layers(self.unet, lora_scale)
+        try:
+            output = self.unet(x.to(self.dtype), t).sample.to(x.dtype)
+        finally:
+            if scaled:
+                unscale_lora_layers(self.unet, lora_scale)
+        return eps_from_output(output, x, self.schedule.alphas_cumprod[t], self.prediction_type)
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, ...]:
+        return (self.unet.config.in_channels, height, width)

@@ -1,0 +1,82 @@
+"""The built-in ``tiny`` model: a randomly initialised SD-architecture pipeline built in memory, offline.
+
+Its weights are random (seeded, so every build is identical) and its images look like noise by
+design: it exercises every code path of a real checkpoint at a small fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from sdedrag.engine.schedule import SD_SCHEDULER_CONFIG
+
+TEXT_DIM = 32
+
+
+def build_tiny_tokenizer() -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer from an in-memory vocabulary (every byte, as word piece and word end)."""
+    byte_symbols = list(bytes_to_unicode().values())
+    tokens = ["<|startoftext|>", "<|endoftext|>", *byte_symbols, *(s + "</w>" for s in byte_symbols)]
+    return CLIPTokenizer(vocab={tok: i for i, tok in enumerate(tokens)}, merges=[], model_max_length=77)
+
+
+def build_tiny_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
+    """A Stable Diffusion pipeline with the SD 1.x architecture (8x VAE, cross-attention UNet) at toy width.
+
+    Weights are drawn in float32 from ``seed`` and then cast, so every dtype holds the same network.
+    """
+    tokenizer = build_tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(16, 32, 32),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+            cross_attention_dim=TEXT_DIM,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(8, 16, 16, 16),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=256,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=TEXT_DIM,
+                intermediate_size=37,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                max_position_embeddings=77,
+                bos_token_id=0,
+                eos_token_id=1,
+                pad_token_id=1,
+            )
+        )
+    for module in (unet, vae, text_encoder):
+        # A plain parameter cast: diffusers' ModelMixin.to warns about fp32-kept modules, which these lack.
+        torch.nn.Module.to(module.eval(), dtype=dtype)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler.from_config(SD_SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
