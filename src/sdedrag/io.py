@@ -37,6 +37,20 @@ def load_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
         raise InputError(f"cannot read image {path}: {err}") from err
 
 
+def load_mask(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
+    """Read a mask image as a boolean HxW array (non-zero = editable); it must have the image's ``size``.
+
+    A mask of another size was drawn for another image, so it is refused rather than resized.
+    """
+    mask = np.asarray(load_image(path, mode="L")) > 0
+    if (mask.shape[1], mask.shape[0]) != tuple(size):
+        raise InputError(
+            f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but the image is {size[0]}x{size[1]}; "
+            "draw the mask on the same image"
+        )
+    return mask
+
+
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float tensor [1, 3, H, W] in [-1, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
