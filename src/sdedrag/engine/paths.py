@@ -73,19 +73,24 @@ def encode(
     grid: Grid,
     process: Process,
     cond: Any = None,
-    guidance: float = 1.0,
-    lora_scale: float = 1.0,
+    guidance: StepValues = 1.0,
+    lora_scale: StepValues = 1.0,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Path:
-    """Take x0 to t0: the noise-adding SDE (Eq. 7) for sde/cycle-sde, DDIM inversion for ode."""
+    """Take x0 to t0: the noise-adding SDE (Eq. 7) for sde/cycle-sde, DDIM inversion for ode.
+
+    ``guidance`` and ``lora_scale`` (used by the inversion only) are constants or one value per grid
+    interval, indexed like ``decode``'s steps, so an inversion can mirror its decoding schedule.
+    """
     _check_process(process)
+    guidance, lora_scale = per_step(guidance, grid.num_steps), per_step(lora_scale, grid.num_steps)
     latents = [x0]
     for i in trange(grid.num_steps - 1, -1, -1, desc=f"encode ({process})", disable=not progress, leave=False):
         t_s, a_t, a_s = int(grid.timesteps[i + 1]), float(grid.alphas[i]), float(grid.alphas[i + 1])
         x_s = latents[-1]
         if process == "ode":
-            eps = model.predict_eps(x_s, t_s, cond, guidance, lora_scale)
+            eps = model.predict_eps(x_s, t_s, cond, guidance[i], lora_scale[i])
             latents.append(ddim_inversion_step(x_s, eps, a_s, a_t))
         else:
             noise = randn_tensor(x_s.shape, generator=generator, device=x_s.device, dtype=x_s.dtype)
@@ -145,6 +150,8 @@ def decode(
     )
 
     x = x_t0
+    if mask is not None:
+        mask = mask.to(device=x.device, dtype=x.dtype)
     history_edit: tuple[Tensor, float] | None = None
     history_record: tuple[Tensor, float] | None = None
     for i in trange(n, desc=f"decode ({process})", disable=not progress, leave=False):

@@ -1,0 +1,66 @@
+"""A drag session: one loaded model and a LoRA cache, so repeated drags never reload or retrain."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from sdedrag.lora import LoraCache, LoraSettings, lora_applied
+from sdedrag.models import DEFAULT_MODEL, DiffusionModel, load_model
+from sdedrag.tasks.drag import DragParams, DragResult, Point, iter_drag
+
+
+class DragSession:
+    """Keeps ``model`` loaded between drags; per-image LoRA weights are trained once and cached on disk.
+
+    Drags on one session run one at a time (the LoRA adapter and its scale are state inside the UNet),
+    so a session can be shared by a UI's request threads.
+    """
+
+    def __init__(
+        self,
+        model: DiffusionModel | str = DEFAULT_MODEL,
+        device: str | None = "auto",
+        dtype: str = "float32",
+        lora_cache: LoraCache | None = None,
+    ):
+        self.model = load_model(model, device, dtype) if isinstance(model, str) else model
+        self.lora_cache = lora_cache or LoraCache()
+        self._lock = threading.Lock()
+
+    def stream(
+        self,
+        image: Image.Image,
+        sources: Sequence[Point],
+        targets: Sequence[Point],
+        mask: np.ndarray | None = None,
+        prompt: str = "",
+        params: DragParams = DragParams(),
+        lora: LoraSettings | None = None,
+        progress: bool = False,
+    ) -> Iterator[DragResult]:
+        """Like :func:`sdedrag.tasks.drag.iter_drag`, with per-image LoRA (trained or read from the cache)
+        when ``lora`` is given; ``timings`` gain ``lora_seconds``."""
+        with self._lock:
+            lora_seconds = 0.0
+            adapter = contextlib.nullcontext()
+            if lora is not None:
+                start = time.perf_counter()
+                weights = self.lora_cache.get_or_train(self.model, image, prompt, lora, progress=progress)
+                lora_seconds = time.perf_counter() - start
+                adapter = lora_applied(self.model, weights)
+            with adapter:
+                for result in iter_drag(self.model, image, sources, targets, mask, prompt, params, progress):
+                    result.timings["lora_seconds"] = lora_seconds
+                    yield result
+
+    def drag(self, *args, **kwargs) -> DragResult:
+        """The complete result of :meth:`stream` (same arguments)."""
+        for result in self.stream(*args, **kwargs):
+            pass
+        return result
