@@ -56,7 +56,7 @@ def test_copy_and_paste_moves_the_patch_and_refreshes_the_source():
     assert torch.equal(same, x)
 
 
-def test_points_and_masks_map_consistently_for_non_square_images():
+def test_points_and_masks_map_consistently_for_non_square_images(tiny32):
     # A 512x288 DragBench-like image has a 64x36 latent; a point at pixel (x, y) lands in cell (x // 8, y // 8).
     points = np.array([[0.0, 0.0], [511.0, 287.0], [100.0, 50.0]])
     assert to_latent_points(points, (512, 288), (36, 64)).tolist() == [[0, 0], [63, 35], [12, 6]]
@@ -64,11 +64,11 @@ def test_points_and_masks_map_consistently_for_non_square_images():
     assert to_latent_points(np.array([[129.0, 99.0], [65.0, 50.0]]), (130, 100), (13, 16)).tolist() == [[15, 12], [8, 6]]
     mask = np.zeros((288, 512), bool)
     mask[96:104, 200:216] = True  # exactly latent row 12, columns 25 and 26
-    region = latent_mask(mask, (36, 64), torch.device("cpu"))
+    region = latent_mask(mask, (36, 64), tiny32)
     cells = torch.nonzero(region[0, 0]).tolist()
     assert cells == [[12, 25], [12, 26]]
-    assert latent_mask(np.zeros((288, 512), bool), (36, 64), torch.device("cpu")) is None
-    assert latent_mask(np.ones((288, 512), bool), (36, 64), torch.device("cpu")) is None
+    assert latent_mask(np.zeros((288, 512), bool), (36, 64), tiny32) is None
+    assert latent_mask(np.ones((288, 512), bool), (36, 64), tiny32) is None
 
 
 @pytest.mark.parametrize(
@@ -127,7 +127,7 @@ def test_masked_latent_outside_follows_the_input_without_paste_back(tiny64):
     mask = np.zeros((96, 128), bool)
     mask[32:64, 32:96] = True
     result = drag(tiny64, image, [(40, 40)], [(56, 48)], mask, "", DragParams(**FAST, paste_back=False))
-    region = latent_mask(mask, tuple(result.latent.shape[-2:]), torch.device("cpu"))
+    region = latent_mask(mask, tuple(result.latent.shape[-2:]), tiny64)
     outside = (region == 0).expand_as(result.latent)
     assert torch.allclose(result.latent[outside], image_to_latent(tiny64, image)[outside], atol=1e-10)
 

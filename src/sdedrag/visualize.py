@@ -27,7 +27,8 @@ def shade_mask(image: Image.Image, mask: np.ndarray | None, strength: float = 0.
 def draw_drag_arrows(
     image: Image.Image, sources: Sequence[Point], targets: Sequence[Point], mask: np.ndarray | None = None
 ) -> Image.Image:
-    """The input with its mask shaded and an arrow from each source (red) to its target (blue)."""
+    """The input with its mask shaded and an arrow from each source (red) to its target (blue); sources
+    beyond the last target (a pair still being clicked) are drawn as dots."""
     canvas = shade_mask(image, mask)
     draw = ImageDraw.Draw(canvas)
     size = max(3.0, min(canvas.size) / 80)
@@ -43,6 +44,8 @@ def draw_drag_arrows(
             draw.polygon(head, fill=ARROW_COLOR)
         for (x, y), color in (((sx, sy), SOURCE_COLOR), ((tx, ty), TARGET_COLOR)):
             draw.ellipse([x - size, y - size, x + size, y + size], fill=color, outline=(0, 0, 0))
+    for x, y in sources[len(targets):]:
+        draw.ellipse([x - size, y - size, x + size, y + size], fill=SOURCE_COLOR, outline=(0, 0, 0))
     return canvas
 
 

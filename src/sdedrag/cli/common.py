@@ -35,6 +35,36 @@ def unit_fraction(text: str) -> float:
     return value
 
 
+def non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be non-negative, got {value}")
+    return value
+
+
+def add_edit_options(parser: argparse.ArgumentParser, t0: float, t0_help: str) -> None:
+    """--method, --solver, --steps, --t0, --guidance: what the SDE/ODE versions of a baseline share."""
+    parser.add_argument("--method", choices=("sde", "ode"), default="sde", help="default: %(default)s")
+    parser.add_argument(
+        "--solver", "--order", dest="order", type=int, choices=(1, 2), default=1,
+        help="solver order: 1 DDPM/DDIM, 2 SDE-DPM-Solver++(2M)/DPM-Solver++(2M) (default: %(default)s)",
+    )
+    parser.add_argument("--steps", type=positive_int, default=50, help="solver steps over [0, T] (default: %(default)s)")
+    parser.add_argument("--t0", type=unit_fraction, default=t0, help=f"{t0_help} (default: %(default)s)")
+    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance (default: %(default)s)")
+
+
+def add_paste_back_options(parser: argparse.ArgumentParser) -> None:
+    """--no-paste-back and --feather: keep the input's pixels outside the mask exactly, or not."""
+    parser.add_argument(
+        "--no-paste-back", dest="paste_back", action="store_false", help="do not keep the input's pixels outside the mask"
+    )
+    parser.add_argument(
+        "--feather", type=non_negative, default=4.0,
+        help="paste-back edge width inside the mask, pixels (default: %(default)s)",
+    )
+
+
 def add_model_options(parser: argparse.ArgumentParser, default_model: str = DEFAULT_MODEL) -> None:
     parser.add_argument(
         "--model", default=default_model, help="Hub id, local diffusers folder, or 'tiny' (default: %(default)s)"

@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from sdedrag.cli.common import (
     add_model_options,
     add_run_options,
@@ -20,7 +23,7 @@ from sdedrag.cli.common import (
 from sdedrag.io import atomic_output_dir, file_sha256, load_image, load_mask, run_record, write_json
 from sdedrag.lora import LoraCache, LoraSettings
 from sdedrag.session import DragSession
-from sdedrag.tasks.drag import METHODS, DragParams, validate_points
+from sdedrag.tasks.drag import METHODS, DragParams, DragResult, validate_points
 from sdedrag.visualize import draw_drag_arrows, save_gif
 
 NAME = "drag"
@@ -44,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=point, action="append", help="X,Y of its target (same order as --source)")
     parser.add_argument("--mask", help="editable-area mask image of the input's size (non-zero = editable)")
     parser.add_argument("--prompt", default="", help="text describing the image")
+    add_drag_options(parser)
+    add_model_options(parser)
+    add_run_options(parser)
+
+
+def add_drag_options(parser: argparse.ArgumentParser) -> None:
+    """The drag parameters (method, solver, patch copy, LoRA), shared with ``sdedrag bench run``."""
     parser.add_argument("--method", choices=METHODS, default=DEFAULTS.method, help="default: %(default)s")
     parser.add_argument("--steps", type=positive_int, default=DEFAULTS.steps, help="solver steps over [0, T] (default: %(default)s)")
     parser.add_argument("--t0", type=unit_fraction, default=DEFAULTS.t0, help="edit time as a fraction of T (default: %(default)s)")
@@ -61,8 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-rank", type=positive_int, default=defaults.rank, help="LoRA rank (default: %(default)s)")
     parser.add_argument("--lora-lr", type=float, default=defaults.learning_rate, help="LoRA learning rate (default: %(default)s)")
     parser.add_argument("--lora-cache", help="LoRA cache folder (default: $SDEDRAG_CACHE/lora or ~/.cache/sdedrag/lora)")
-    add_model_options(parser)
-    add_run_options(parser)
 
 
 def drag_params(args: argparse.Namespace) -> DragParams:
@@ -73,6 +81,40 @@ def drag_params(args: argparse.Namespace) -> DragParams:
     )
 
 
+def lora_settings(args: argparse.Namespace) -> LoraSettings | None:
+    """The LoRA fine-tuning settings, or None with --no-lora."""
+    return LoraSettings(steps=args.lora_steps, rank=args.lora_rank, learning_rate=args.lora_lr) if args.lora else None
+
+
+def write_outputs(
+    folder: Path,
+    args: argparse.Namespace,
+    image: Image.Image,
+    mask: np.ndarray | None,
+    result: DragResult,
+    image_file: Path,
+    mask_file: Path | None,
+) -> None:
+    """Write a finished drag's result.png, frames/, trajectory.gif, input_with_points.png and run.json (the
+    arguments ``args`` with the results; ``image_file`` and ``mask_file`` are hashed) into ``folder``."""
+    result.image.save(folder / "result.png")
+    (folder / "frames").mkdir()
+    for index, frame in enumerate(result.frames):
+        frame.save(folder / "frames" / f"{index:03d}.png")
+    save_gif([image, *result.frames], folder / "trajectory.gif")
+    sources, targets = [tuple(p) for p in args.source], [tuple(p) for p in args.target]
+    draw_drag_arrows(image, sources, targets, mask).save(folder / "input_with_points.png")
+    results = {
+        "moves": result.moves,
+        "timings": result.timings,
+        "warnings": result.warnings,
+        "image_sha256": file_sha256(image_file),
+        "mask_sha256": file_sha256(mask_file) if mask_file else None,
+        "size": list(image.size),
+    }
+    write_json(folder / "run.json", run_record(NAME, recorded_args(args), results))
+
+
 def run(args: argparse.Namespace) -> int:
     require(args, "image", "source", "target", "out")
     image = load_image(args.image)
@@ -80,30 +122,14 @@ def run(args: argparse.Namespace) -> int:
     sources, targets = [tuple(p) for p in args.source], [tuple(p) for p in args.target]
     validate_points(sources, targets, image.size)
     params = drag_params(args)
-    lora = LoraSettings(steps=args.lora_steps, rank=args.lora_rank, learning_rate=args.lora_lr) if args.lora else None
     cache = LoraCache(Path(args.lora_cache)) if args.lora_cache else None
     session = DragSession(args.model, args.device, args.dtype, lora_cache=cache)
 
     with atomic_output_dir(args.out) as staging:
-        result = session.drag(image, sources, targets, mask, args.prompt, params, lora, progress=True)
-        result.image.save(staging / "result.png")
-        (staging / "frames").mkdir()
-        for index, frame in enumerate(result.frames):
-            frame.save(staging / "frames" / f"{index:03d}.png")
-        save_gif([image, *result.frames], staging / "trajectory.gif")
-        draw_drag_arrows(image, sources, targets, mask).save(staging / "input_with_points.png")
-        results = {
-            "moves": result.moves,
-            "timings": result.timings,
-            "warnings": result.warnings,
-            "image_sha256": file_sha256(args.image),
-            "mask_sha256": file_sha256(args.mask) if args.mask else None,
-            "size": list(image.size),
-        }
-        write_json(staging / "run.json", run_record(NAME, recorded_args(args), results))
+        result = session.drag(image, sources, targets, mask, args.prompt, params, lora_settings(args), progress=True)
+        write_outputs(staging, args, image, mask, result, Path(args.image), Path(args.mask) if args.mask else None)
     for warning in result.warnings:
         print(f"warning: {warning}")
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     print(f"{result.moves} moves ({timings}); wrote {args.out}/result.png, trajectory.gif, frames/, run.json")
     return 0
-

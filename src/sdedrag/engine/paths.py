@@ -86,7 +86,7 @@ def encode(
     _check_process(process)
     guidance, lora_scale = per_step(guidance, grid.num_steps), per_step(lora_scale, grid.num_steps)
     latents = [x0]
-    for i in trange(grid.num_steps - 1, -1, -1, desc=f"encode ({process})", disable=not progress, leave=False):
+    for i in trange(grid.num_steps - 1, -1, -1, desc=f"encode ({process})", disable=None if progress else True, leave=False):
         t_s, a_t, a_s = int(grid.timesteps[i + 1]), float(grid.alphas[i]), float(grid.alphas[i + 1])
         x_s = latents[-1]
         if process == "ode":
@@ -154,7 +154,7 @@ def decode(
         mask = mask.to(device=x.device, dtype=x.dtype)
     history_edit: tuple[Tensor, float] | None = None
     history_record: tuple[Tensor, float] | None = None
-    for i in trange(n, desc=f"decode ({process})", disable=not progress, leave=False):
+    for i in trange(n, desc=f"decode ({process})", disable=None if progress else True, leave=False):
         t, a_t, a_s = grid.interval(i)
         step_order = 1 if (i == n - 1 and n < 15) else order  # lower-order final step, as in DPM-Solver
         if cycle:

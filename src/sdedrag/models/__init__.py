@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DModel
@@ -15,7 +16,9 @@ from sdedrag.models.stable_diffusion import StableDiffusion, TextCondition
 from sdedrag.models.tiny import build_tiny_pipeline
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-BUILTIN_MODELS = ("tiny",)
+BUILTIN_MODELS = ("tiny", "tiny-inpaint", "shapes")
+SHAPES_MODEL_DIR = Path(__file__).resolve().parents[1] / "shapes" / "weights"
+"""The shipped ``shapes`` model (a pixel-UNet diffusers folder trained by ``sdedrag train-shapes``)."""
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 __all__ = [
@@ -56,11 +59,16 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def load_model(
     model_id: str = DEFAULT_MODEL, device: str | torch.device | None = "auto", dtype: str | torch.dtype = "float32"
 ) -> DiffusionModel:
-    """Load ``tiny``, or a diffusers Stable Diffusion / inpainting / pixel-UNet pipeline from a Hub id or folder."""
+    """Load a built-in model (``BUILTIN_MODELS``) or a diffusers SD / SD-inpainting / pixel-UNet pipeline."""
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     dtype = resolve_dtype(dtype)
     if model_id == "tiny":
         return StableDiffusion(build_tiny_pipeline(dtype=dtype).to(device), name="tiny")
+    if model_id == "tiny-inpaint":
+        return StableDiffusion(build_tiny_pipeline(dtype=dtype, inpainting=True).to(device), name="tiny-inpaint")
+    name = model_id
+    if model_id == "shapes":
+        model_id = str(SHAPES_MODEL_DIR)
     try:
         with warnings.catch_warnings():  # diffusers passes a deprecated hf_hub_download argument
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
@@ -75,7 +83,7 @@ def load_model(
     if unet_class == "UNet2DModel":
         unet = UNet2DModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dtype)
         scheduler_config = dict(DiffusionPipeline.load_config(model_id, subfolder="scheduler"))
-        return PixelUNet(unet.to(device).eval(), scheduler_config, name=model_id)
+        return PixelUNet(unet.to(device).eval(), scheduler_config, name=name)
     if unet_class == "UNet2DConditionModel":
         inpainting = "Inpaint" in index.get("_class_name", "")
         pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline

@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 from diffusers import UNet2DModel
-from diffusers.utils.peft_utils import scale_lora_layers, unscale_lora_layers
 from torch import Tensor
 
 from sdedrag.engine.schedule import NoiseSchedule
@@ -25,21 +24,10 @@ class PixelUNet(DiffusionModel):
         self.prediction_type = scheduler_config.get("prediction_type", "epsilon")
         self.device, self.dtype = unet.device, unet.dtype
 
-    @property
-    def has_lora(self) -> bool:
-        return bool(getattr(self.unet, "peft_config", None))
-
     @torch.no_grad()
     def predict_eps(self, x: Tensor, t: int, cond: Any = None, guidance: float = 1.0, lora_scale: float = 1.0) -> Tensor:
-        """eps_theta(x_t, t); unconditional, so ``guidance`` has no effect."""
-        scaled = self.has_lora and lora_scale != 1.0
-        if scaled:
-            scale_lora_layers(self.unet, lora_scale)
-        try:
-            output = self.unet(x.to(self.dtype), t).sample.to(x.dtype)
-        finally:
-            if scaled:
-                unscale_lora_layers(self.unet, lora_scale)
+        """eps_theta(x_t, t); unconditional and without LoRA, so ``guidance`` and ``lora_scale`` have no effect."""
+        output = self.unet(x.to(self.dtype), t).sample.to(x.dtype)
         return eps_from_output(output, x, self.schedule.alphas_cumprod[t], self.prediction_type)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, ...]:

@@ -1,4 +1,5 @@
-"""The built-in ``tiny`` model: a randomly initialised SD-architecture pipeline built in memory, offline.
+"""The built-in ``tiny`` and ``tiny-inpaint`` models: randomly initialised SD-architecture pipelines built
+in memory, offline (``tiny-inpaint`` has the 9-channel inpainting UNet: latent, mask, masked-image latent).
 
 Its weights are random (seeded, so every build is identical) and its images look like noise by
 design: it exercises every code path of a real checkpoint at a small fraction of the cost.
@@ -7,7 +8,13 @@ design: it exercises every code path of a real checkpoint at a small fraction of
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -23,17 +30,20 @@ def build_tiny_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab={tok: i for i, tok in enumerate(tokens)}, merges=[], model_max_length=77)
 
 
-def build_tiny_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
+def build_tiny_pipeline(
+    seed: int = 0, dtype: torch.dtype = torch.float32, inpainting: bool = False
+) -> StableDiffusionPipeline | StableDiffusionInpaintPipeline:
     """A Stable Diffusion pipeline with the SD 1.x architecture (8x VAE, cross-attention UNet) at toy width.
 
     Weights are drawn in float32 from ``seed`` and then cast, so every dtype holds the same network.
+    ``inpainting`` builds a StableDiffusionInpaintPipeline whose UNet takes 4 + 1 + 4 = 9 input channels.
     """
     tokenizer = build_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
             sample_size=32,
-            in_channels=4,
+            in_channels=9 if inpainting else 4,
             out_channels=4,
             block_out_channels=(16, 32, 32),
             layers_per_block=1,
@@ -70,7 +80,8 @@ def build_tiny_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32) -> St
     for module in (unet, vae, text_encoder):
         # A plain parameter cast: diffusers' ModelMixin.to warns about fp32-kept modules, which these lack.
         torch.nn.Module.to(module.eval(), dtype=dtype)
-    return StableDiffusionPipeline(
+    pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+    return pipeline_class(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,

@@ -17,7 +17,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import Tensor
@@ -25,7 +24,7 @@ from torch import Tensor
 from sdedrag.engine import cosine_ramp, decode, encode, linear_ramp
 from sdedrag.errors import InputError
 from sdedrag.models.base import DiffusionModel
-from sdedrag.tasks.common import generator_for, image_to_latent, latent_to_image, paste_back
+from sdedrag.tasks.common import generator_for, image_to_latent, latent_to_image, mask_to_latent, paste_back
 
 Point = tuple[float, float]
 Method = Literal["sde", "ode"]
@@ -106,13 +105,12 @@ def to_latent_points(points: np.ndarray, image_size: tuple[int, int], latent_hw:
     return np.clip(latent, 0, [width - 1, height - 1])
 
 
-def latent_mask(mask: np.ndarray | None, latent_hw: tuple[int, int], device: torch.device) -> Tensor | None:
-    """Image mask (True = editable) -> latent mask [1, 1, h, w]; a latent cell is editable if any of its
-    pixels is. No mask, or a mask with nothing or everything editable, means the whole image is editable."""
+def latent_mask(mask: np.ndarray | None, latent_hw: tuple[int, int], model: DiffusionModel) -> Tensor | None:
+    """The latent editable region (see :func:`mask_to_latent`); no mask, or a mask with nothing or everything
+    editable, means the whole image is editable (None)."""
     if mask is None or not mask.any() or mask.all():
         return None
-    pixels = torch.from_numpy(mask.astype(np.float32))[None, None]
-    return (F.adaptive_max_pool2d(pixels, latent_hw) > 0).to(device)
+    return mask_to_latent(mask, latent_hw, model)
 
 
 def move_count(sources: np.ndarray, targets: np.ndarray, step_size: float) -> int:
@@ -186,7 +184,7 @@ def iter_drag(
     latent_hw = tuple(x.shape[-2:])
     source_lat = to_latent_points(source_px, image.size, latent_hw)
     target_lat = to_latent_points(target_px, image.size, latent_hw)
-    region = latent_mask(mask, latent_hw, model.device)
+    region = latent_mask(mask, latent_hw, model)
     keep_outside = params.paste_back and region is not None
 
     cond = model.condition(prompt)

@@ -1,0 +1,122 @@
+"""Benchmarks: drag a whole dataset (DragBench-S, DragBench-D or Drag100) and score the results.
+
+``bench run`` writes OUT/<case id>/{result.png, input.png, mask.png, run.json} and OUT/summary.json; it
+resumes where a killed run stopped and splits the cases between processes under ``torchrun`` or
+``accelerate launch``. ``bench eval`` writes OUT/metrics.csv (one row per case) and OUT/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+
+from sdedrag.bench.dift import DEFAULT_DIFT_MODEL, DIFT_ENSEMBLE, DiftExtractor
+from sdedrag.bench.evaluate import DAI_GAMMAS, evaluate, summarize, write_metrics_csv
+from sdedrag.bench.formats import FORMATS
+from sdedrag.bench.metrics import LpipsDistance
+from sdedrag.bench.runner import BenchPlan, run_benchmark, summary_line
+from sdedrag.cli.common import Parser, add_model_options, positive_int, recorded_args, require
+from sdedrag.cli.drag import add_arguments as add_drag_arguments
+from sdedrag.cli.drag import add_drag_options, drag_params, lora_settings
+from sdedrag.io import atomic_output_dir, environment, write_json
+from sdedrag.lora import LoraCache
+from sdedrag.models import DTYPES, resolve_device
+from sdedrag.session import DragSession
+
+NAME = "bench"
+HELP = "run and score drag benchmarks (DragBench-S/-D, Drag100)"
+PATH_ARGS = ("dataset", "results", "out", "lora_cache")
+# Generous: processes wait for each other at the end of a run, which can take hours on uneven shares.
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=48)
+
+
+def _drag_record_keys() -> list[str]:
+    """The ``sdedrag drag`` arguments a case's run.json records besides the case's own image, points, prompt."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_drag_arguments(parser)
+    own = {"image", "source", "target", "mask", "prompt", "out", "config"}
+    return [action.dest for action in parser._actions if action.dest not in own]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", parser_class=Parser, required=True)
+    run_parser = commands.add_parser("run", help="drag every case of a dataset into OUT (resumable)", description=run_dataset.__doc__)
+    add_dataset_options(run_parser)
+    run_parser.add_argument("--out", type=Path, help="results folder (required); rerun the same command to resume")
+    run_parser.add_argument("--limit", type=positive_int, help="only the first N cases (in sorted id order)")
+    run_parser.add_argument("--max-size", type=positive_int, help="downscale images whose longer side exceeds N pixels")
+    add_drag_options(run_parser)
+    add_model_options(run_parser)
+
+    eval_parser = commands.add_parser("eval", help="score a results folder: metrics.csv and summary.json", description=evaluate_results.__doc__)
+    add_dataset_options(eval_parser)
+    eval_parser.add_argument("--results", help="results folder with <case id>/result.png (required)")
+    eval_parser.add_argument("--out", type=Path, help="output folder (required)")
+    eval_parser.add_argument("--dift-model", default=DEFAULT_DIFT_MODEL, help="SD 2.1 Hub id or local diffusers folder for DIFT features, or 'tiny' (default: %(default)s)")
+    eval_parser.add_argument("--dift-ensemble", type=positive_int, default=DIFT_ENSEMBLE, help="noise samples averaged per DIFT feature map (default: %(default)s)")
+    eval_parser.add_argument("--no-mean-distance", dest="mean_distance", action="store_false", help="skip Mean Distance (needs the DIFT weights)")
+    eval_parser.add_argument("--no-lpips", dest="lpips", action="store_false", help="skip Image Fidelity (needs the lpips package and AlexNet weights)")
+    eval_parser.add_argument("--dai-gammas", type=positive_int, nargs="+", default=list(DAI_GAMMAS), help="DAI patch radii in pixels (default: %(default)s)")
+    eval_parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    eval_parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="DIFT weights' dtype (default: %(default)s)")
+
+
+def add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", help="dataset folder (required)")
+    parser.add_argument("--format", choices=("auto", *FORMATS), default="auto", help="dataset layout (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Drag every case of a dataset (``bench run``) or score a results folder (``bench eval``)."""
+    return run_dataset(args) if args.bench_command == "run" else evaluate_results(args)
+
+
+def run_dataset(args: argparse.Namespace) -> int:
+    """Drag every case of --dataset into --out: one folder per case, a summary with per-case timings."""
+    require(args, "dataset", "out")
+    params, lora = drag_params(args), lora_settings(args)
+    cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu, timeout=PROCESS_GROUP_TIMEOUT)
+    device = str(state.device) if args.device == "auto" and state.device.type == "cuda" else args.device
+    cache = LoraCache(Path(args.lora_cache)) if args.lora_cache else None
+    drag_args = {key: getattr(args, key) for key in _drag_record_keys()}
+    plan = BenchPlan(Path(args.dataset), Path(args.out), args.format, args.limit, args.max_size)
+
+    def make_session() -> DragSession:
+        return DragSession(args.model, device, args.dtype, lora_cache=cache)
+
+    summary = run_benchmark(plan, make_session, params, lora, drag_args, state)
+    if summary is not None:
+        print(summary_line(summary))
+    return 0
+
+
+def evaluate_results(args: argparse.Namespace) -> int:
+    """Score --results against --dataset: Mean Distance (DIFT, both protocols), Image Fidelity (1 - LPIPS),
+    PSNR/SSIM outside the mask and DAI; writes OUT/metrics.csv and OUT/summary.json."""
+    require(args, "dataset", "results", "out")
+    device = resolve_device(args.device)
+    distance = LpipsDistance(device) if args.lpips else None  # the light dependency first: fail fast
+    extractor = (
+        DiftExtractor.from_pretrained(args.dift_model, str(device), args.dtype, ensemble_size=args.dift_ensemble)
+        if args.mean_distance
+        else None
+    )
+    evaluation = evaluate(args.dataset, args.results, args.format, extractor, distance, args.dai_gammas, progress=True)
+    settings = {
+        "mean_distance": {"dift_model": args.dift_model, **extractor.settings} if extractor else None,
+        "image_fidelity": {"lpips_net": "alex", "size": 224} if distance else None,
+        "dai_gammas": args.dai_gammas,
+    }
+    summary = {**summarize(evaluation, settings), "args": recorded_args(args), **environment()}
+    with atomic_output_dir(args.out) as staging:
+        write_metrics_csv(staging / "metrics.csv", evaluation.rows)
+        write_json(staging / "summary.json", summary)
+    means = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary["metrics"].items())
+    skipped = len(evaluation.missing) + len(evaluation.invalid)
+    print(f"{summary['cases']} cases ({skipped} skipped): {means}; wrote {args.out}/metrics.csv and summary.json")
+    return 0

@@ -1,0 +1,178 @@
+"""The drag UI's handlers: points, mask extraction, upload checks, error messages, and a streamed run with tiny."""
+
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+import sdedrag.cli as cli
+import sdedrag.lora
+from sdedrag.cli import drag as drag_cli
+from sdedrag.cli import main
+from sdedrag.errors import InputError
+from sdedrag.lora import LoraCache
+from sdedrag.session import DragSession
+from sdedrag.ui import handlers
+from sdedrag.ui.app import build_app, shown_in_page
+from sdedrag.visualize import SOURCE_COLOR, TARGET_COLOR
+from tests.conftest import smooth_image
+
+FAST = {
+    "prompt": "a photo", "method": "sde", "steps": 10.0, "t0": 0.6, "step_size": 2.0, "radius": 5.0, "alpha": 1.1,
+    "beta": 0.3, "guidance": 3.0, "lora_scale_min": 0.5, "order": 1, "paste_back": True, "lora": False,
+    "lora_steps": 2, "lora_rank": 4, "lora_lr": 1e-3, "seed": 0,
+}
+
+
+@pytest.fixture
+def session(tiny32, tmp_path):
+    return DragSession(tiny32, lora_cache=LoraCache(tmp_path / "lora"))
+
+
+def painted(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
+    """A transparent brush layer with an opaque-ish rectangle painted in ``box``."""
+    layer = Image.new("RGBA", size, (0, 0, 0, 0))
+    layer.paste((255, 90, 31, 140), box)
+    return layer
+
+
+def test_points_are_added_undone_and_cleared_in_image_pixels():
+    size = (96, 64)  # shown enlarged: 640 px wide
+    scale = handlers.view_scale(size)
+    assert scale == pytest.approx(640 / 96)
+    points = handlers.add_point([], (int(30.5 * scale), int(20.5 * scale)), size)
+    points = handlers.add_point(points, (int(50.5 * scale), int(24.5 * scale)), size)
+    assert points == [[30, 20], [50, 24]]
+    assert handlers.add_point(points, (10_000, 5), size) == points  # outside the image
+    assert handlers.add_point(points, (5, 5), None) == points  # nothing uploaded yet
+    assert handlers.split_points(points + [[1, 2]]) == ([(30.0, 20.0), (1.0, 2.0)], [(50.0, 24.0)])
+    assert handlers.undo_point(points) == [[30, 20]]
+    assert handlers.undo_point([]) == []
+    assert "click its target" in handlers.points_status([[30, 20]])
+    assert handlers.points_status(points).startswith("1 pair(s)")
+    assert handlers.view_scale((1200, 800)) == 1.0
+
+
+def test_points_view_draws_arrows_dots_and_the_mask():
+    image = Image.new("RGB", (96, 64), (128, 128, 128))
+    mask = np.zeros((64, 96), bool)
+    mask[:, :48] = True
+    scale = handlers.view_scale(image.size)
+    view = handlers.points_view(image, [[10, 10], [40, 30], [80, 50]], mask)
+    assert view.size == (round(96 * scale), round(64 * scale))
+    pixel = lambda x, y: view.getpixel((int((x + 0.5) * scale), int((y + 0.5) * scale)))  # noqa: E731
+    assert pixel(10, 10) == SOURCE_COLOR and pixel(40, 30) == TARGET_COLOR
+    assert pixel(80, 50) == SOURCE_COLOR  # the unpaired source is a dot
+    assert pixel(20, 55) == (128, 128, 128) and max(pixel(70, 5)) < 128  # outside the mask is shaded
+    assert handlers.points_view(None, [], None) is None
+    big = Image.new("RGB", (1200, 800))
+    assert handlers.points_view(big, [], None).size == big.size
+
+
+def test_mask_comes_from_the_painted_layers():
+    size = (96, 64)
+    value = {"background": Image.new("RGBA", size), "layers": [painted(size, (10, 5, 30, 25))], "composite": None}
+    mask = handlers.editor_mask(value, size)
+    assert mask.shape == (64, 96) and mask.sum() == 20 * 20 and mask[5:25, 10:30].all()
+    # a layer at another resolution (a canvas scaled by the browser) is resized to the image
+    value["layers"] = [painted((192, 128), (0, 0, 96, 64))]
+    assert handlers.editor_mask(value, size)[:32, :48].all() and handlers.editor_mask(value, size).sum() == 32 * 48
+    assert handlers.editor_mask({"background": None, "layers": [Image.new("RGBA", size)]}, size) is None
+    assert handlers.editor_mask(None, size) is None
+
+
+def test_uploads_are_read_flattened_and_size_limited(tmp_path):
+    rgba = Image.new("RGBA", (40, 30), (255, 0, 0, 0))
+    rgba.paste((0, 0, 255, 255), (0, 0, 20, 30))
+    rgba.save(tmp_path / "t.png")
+    image = handlers.open_upload(tmp_path / "t.png", max_pixels=10_000)
+    assert image.mode == "RGB" and image.getpixel((30, 10)) == (255, 255, 255) and image.getpixel((5, 5)) == (0, 0, 255)
+    assert handlers.editor_value(image)["background"] is image
+
+    with pytest.raises(InputError, match=r"40x30 \(0\.00 megapixels\).*--max-pixels.*downscale"):
+        handlers.open_upload(tmp_path / "t.png", max_pixels=1000)
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(InputError, match="not an image this server can read"):
+        handlers.open_upload(tmp_path / "notes.png")
+
+
+@pytest.mark.parametrize(
+    "image, points, options, message",
+    [
+        (None, [[1, 1], [5, 5]], {}, "upload an image first"),
+        ("image", [], {}, "click a source point"),
+        ("image", [[10, 10]], {}, "the last source point has no target"),
+        ("image", [[10, 10], [20, 20], [30, 30]], {}, "got 2 sources and 1 targets"),
+        ("image", [[10, 10], [200, 20]], {}, "outside the 96x64 image"),
+        ("image", [[10, 10], [20, 20]], {"steps": None}, "steps is empty"),
+        ("image", [[10, 10], [20, 20]], {"t0": 1.5}, "t0 must be in"),
+        ("image", [[10, 10], [20, 20]], {"lora": True, "lora_rank": 0}, "LoRA rank must be"),
+    ],
+)
+def test_bad_runs_are_refused_with_a_message(session, tmp_path, image, points, options, message):
+    image = smooth_image(96, 64) if image else None
+    with pytest.raises(InputError, match=message):
+        next(handlers.run_drag(session, tmp_path, image, None, points, {**FAST, **options}))
+    assert not list(tmp_path.glob("run-*"))
+
+
+def test_errors_become_page_messages_without_tracebacks():
+    with pytest.raises(gr.Error) as caught, shown_in_page():
+        raise InputError("click a source point")
+    assert caught.value.message == "click a source point"
+    with pytest.raises(gr.Error) as caught, shown_in_page():
+        raise RuntimeError("CUDA out of memory")
+    assert "RuntimeError: CUDA out of memory" in caught.value.message and "server log" in caught.value.message
+
+
+def test_run_streams_moves_and_writes_a_replayable_run(session, tmp_path, monkeypatch):
+    image = smooth_image(96, 64)
+    editor = {"background": image, "layers": [painted(image.size, (8, 8, 88, 56))], "composite": None}
+    points = [[30, 30], [50, 34]]
+    updates = list(handlers.run_drag(session, tmp_path / "runs", image, editor, points, FAST))
+
+    assert updates[0].move == 0 and updates[0].image is image and not updates[0].files
+    final = updates[-1]
+    assert [u.move for u in updates[1:]] == list(range(1, final.moves + 1)) and final.moves >= 2
+    assert final.image.size == image.size and final.message.startswith(f"Done: {final.moves} move(s) on 96x64")
+    assert [f.name for f in final.files] == ["result.png", "trajectory.gif", "run.json", "input.png", "mask.png"]
+    folder = final.files[0].parent
+    assert folder.parent == tmp_path / "runs" and folder.name.startswith("run-")
+    assert Image.open(folder / "result.png").size == image.size
+    assert Image.open(folder / "trajectory.gif").n_frames == final.moves + 1
+    record = json.loads((folder / "run.json").read_text())
+    assert record["command"] == "drag"
+    args = record["args"]
+    assert (args["image"], args["mask"], args["source"], args["target"]) == ("input.png", "mask.png", [[30.0, 30.0]], [[50.0, 34.0]])
+    assert (args["model"], args["device"], args["dtype"], args["steps"], args["radius"], args["lora"]) == (
+        "tiny", "cpu", "float32", 10, 5, False)
+
+    # `sdedrag drag --config run.json`, run beside the downloaded files, reproduces the result exactly
+    # (the drag subcommand is added here should the CLI not list it yet; otherwise this changes nothing)
+    monkeypatch.setattr(cli, "SUBCOMMANDS", tuple(dict.fromkeys((*cli.SUBCOMMANDS, drag_cli))))
+    monkeypatch.chdir(folder)
+    assert main(["drag", "--config", "run.json", "--out", str(tmp_path / "replay")]) == 0
+    assert (tmp_path / "replay" / "result.png").read_bytes() == (folder / "result.png").read_bytes()
+
+
+def test_lora_is_trained_once_per_image(session, tmp_path, monkeypatch):
+    trainings = []
+    train = sdedrag.lora.train_lora
+    monkeypatch.setattr(sdedrag.lora, "train_lora", lambda *a, **k: trainings.append(1) or train(*a, **k))
+    image = smooth_image(64, 48, seed=1)
+    options = {**FAST, "lora": True, "steps": 4}
+    list(handlers.run_drag(session, tmp_path, image, None, [[10, 10], [20, 12]], options))
+    final = list(handlers.run_drag(session, tmp_path, image, None, [[30, 30], [36, 30]], options))[-1]
+    assert len(trainings) == 1 and len(list((tmp_path / "lora").iterdir())) == 1
+    assert [f.name for f in final.files][-1] == "input.png"  # nothing painted: no mask
+    assert json.loads(final.files[2].read_text())["args"]["lora_cache"] == str(tmp_path / "lora")
+
+
+def test_app_serialises_runs_on_one_session(session, tmp_path):
+    app = build_app(session, runs_dir=tmp_path)
+    runs = [fn for fn in app.fns.values() if fn.name == "on_run"]
+    assert len(runs) == 1 and runs[0].concurrency_limit == 1
