@@ -8,7 +8,7 @@ import torch
 
 from sdedrag.engine import decode, encode
 from sdedrag.errors import InputError
-from sdedrag.tasks.common import generator_for, image_to_latent, paste_weights
+from sdedrag.tasks.common import image_to_latent, paste_weights
 from sdedrag.tasks.drag import (
     DragParams,
     copy_and_paste,
@@ -163,3 +163,27 @@ def test_targets_outside_the_mask_are_reported(tiny32):
     mask[10:30, 10:30] = True
     result = drag(tiny32, smooth_image(64, 64), [(15, 15)], [(50, 50)], mask, "", DragParams(steps=10, t0=0.5))
     assert len(result.warnings) == 1 and "outside the editable mask" in result.warnings[0]
+
+
+def test_drag_refuses_an_inpainting_checkpoint():
+    from sdedrag.models import load_model
+
+    with pytest.raises(InputError, match="plain"):
+        drag(load_model("tiny-inpaint", "cpu"), smooth_image(64, 64), [(10, 10)], [(20, 20)], params=DragParams(steps=4))
+
+
+def test_session_skips_lora_for_models_without_it(tmp_path):
+    from diffusers import UNet2DModel
+
+    from sdedrag.engine.schedule import SD_SCHEDULER_CONFIG
+    from sdedrag.lora import LoraCache, LoraSettings
+    from sdedrag.models import PixelUNet
+    from sdedrag.session import DragSession
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=8)
+    session = DragSession(PixelUNet(unet.eval(), SD_SCHEDULER_CONFIG, "pixel"), lora_cache=LoraCache(tmp_path))
+    result = session.drag(smooth_image(16, 16), [(3, 3)], [(9, 9)], None, "", DragParams(steps=10), LoraSettings(steps=2))
+    assert result.image.size == (16, 16) and result.timings["lora_seconds"] == 0.0
+    assert any("LoRA skipped" in w for w in result.warnings) and not any(tmp_path.iterdir())

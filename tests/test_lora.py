@@ -25,15 +25,6 @@ FAST = LoraSettings(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model gains nothing from intra-op threads, and on a busy shared CPU they slow training ~10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def eval_loss(model, x0, cond) -> float:
     """The eps-prediction MSE at fixed timesteps and noise."""
     timesteps = [100, 300, 500, 700, 900]

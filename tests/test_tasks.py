@@ -24,15 +24,6 @@ from tests.conftest import smooth_image
 FAST = dict(steps=8, guidance=3.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tensors here are tiny: one torch thread beats several on a shared CPU (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_inpaint():
     return load_model("tiny-inpaint", "cpu", "float32")

@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import sdedrag.cli as cli
 import sdedrag.lora
-from sdedrag.cli import drag as drag_cli
 from sdedrag.cli import main
 from sdedrag.errors import InputError
 from sdedrag.lora import LoraCache
@@ -92,6 +90,10 @@ def test_uploads_are_read_flattened_and_size_limited(tmp_path):
     image = handlers.open_upload(tmp_path / "t.png", max_pixels=10_000)
     assert image.mode == "RGB" and image.getpixel((30, 10)) == (255, 255, 255) and image.getpixel((5, 5)) == (0, 0, 255)
     assert handlers.editor_value(image)["background"] is image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a phone photo taken upright: stored sideways, turned by its EXIF orientation
+    Image.new("RGB", (40, 30)).save(tmp_path / "phone.png", exif=exif)
+    assert handlers.open_upload(tmp_path / "phone.png").size == (30, 40)
 
     with pytest.raises(InputError, match=r"40x30 \(0\.00 megapixels\).*--max-pixels.*downscale"):
         handlers.open_upload(tmp_path / "t.png", max_pixels=1000)
@@ -152,8 +154,6 @@ def test_run_streams_moves_and_writes_a_replayable_run(session, tmp_path, monkey
         "tiny", "cpu", "float32", 10, 5, False)
 
     # `sdedrag drag --config run.json`, run beside the downloaded files, reproduces the result exactly
-    # (the drag subcommand is added here should the CLI not list it yet; otherwise this changes nothing)
-    monkeypatch.setattr(cli, "SUBCOMMANDS", tuple(dict.fromkeys((*cli.SUBCOMMANDS, drag_cli))))
     monkeypatch.chdir(folder)
     assert main(["drag", "--config", "run.json", "--out", str(tmp_path / "replay")]) == 0
     assert (tmp_path / "replay" / "result.png").read_bytes() == (folder / "result.png").read_bytes()

@@ -12,7 +12,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
 from tests.conftest import smooth_image
@@ -81,20 +83,30 @@ def page():
 def test_drag_in_the_browser(page, server, tmp_path):
     image_path = tmp_path / "input.png"
     smooth_image(*SIZE).save(image_path)
+    Image.new("RGB", (1100, 1000)).save(tmp_path / "huge.png")
     page.goto(server)
 
-    with page.expect_file_chooser() as chooser:
-        page.locator("#upload").click()
-    chooser.value.set_files(image_path)
+    # few steps and no LoRA, for speed
+    page.locator("#prompt textarea").fill("a photo")
+    page.get_by_text("Drag parameters").click()
+    steps = page.locator("#steps input[type=number]")
+    steps.fill("10")
+    steps.blur()
+    expect(page.locator("#steps input[type=range]")).to_have_value("10")
+    page.get_by_text("LoRA (fine-tuned").click()
+    page.locator("#lora input[type=checkbox]").uncheck()
+
+    upload(page, tmp_path / "huge.png")  # over the default 1024x1024 pixels: a message, no traceback
+    expect_message(page, "1100x1000 (1.10 megapixels), more than the limit")
+    upload(page, image_path)
     status = page.locator("#points-status")
     expect(status).to_contain_text("0 pair(s)", timeout=60_000)
+    page.locator("#run-button").click()  # nothing clicked yet
+    expect_message(page, "click a source point")
 
-    page.locator("#run-button").click()  # nothing clicked yet: a message, no traceback
-    expect(page.locator(".toast-body").first).to_contain_text("click a source point", timeout=30_000)
-    for close in page.locator(".toast-close").all():
-        close.click()
-
-    # brush a stroke across the middle of the editor's canvas
+    # brush a stroke across the middle of the editor's canvas; the points view then shades the rest
+    view = page.locator("#points-view img")
+    shown = view.get_attribute("src")
     page.get_by_role("button", name="Brush", exact=True).click()
     canvas = page.locator("#editor canvas").first.bounding_box()
     cx, cy = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
@@ -103,27 +115,15 @@ def test_drag_in_the_browser(page, server, tmp_path):
     for step in range(1, 7):
         page.mouse.move(cx - 60 + 20 * step, cy - 20 + 6 * step)
     page.mouse.up()
+    wait_for_new_view(page, shown)
 
     # a source and its target on the points view, each click once the view has reloaded from the last
-    view = page.locator("#points-view img")
-    for fx, fy, expected in ((0.35, 0.45, "and a source"), (0.6, 0.55, "1 pair(s)")):
-        source = view.get_attribute("src")
-        box = view.bounding_box()
-        view.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
+    clicks = ((0.3, 0.4, "and a source"), (0.65, 0.6, "1 pair(s)"))
+    for fx, fy, expected in clicks:
+        shown = view.get_attribute("src")
+        view.click(position=image_position(view, fx, fy))
         expect(status).to_contain_text(expected, timeout=30_000)
-        page.wait_for_function(
-            "old => { const img = document.querySelector('#points-view img');"
-            " return img && img.src !== old && img.complete && img.naturalWidth > 0; }",
-            arg=source, timeout=30_000,
-        )
-
-    page.locator("#prompt textarea").fill("a photo")
-    page.get_by_text("Drag parameters").click()
-    steps = page.locator("#steps input[type=number]")
-    steps.fill("10")
-    steps.press("Enter")
-    page.get_by_text("LoRA (fine-tuned").click()
-    page.locator("#lora input[type=checkbox]").uncheck()
+        wait_for_new_view(page, shown)
 
     page.locator("#run-button").click()
     expect(page.locator("#run-status")).to_contain_text("Done", timeout=180_000)
@@ -134,8 +134,50 @@ def test_drag_in_the_browser(page, server, tmp_path):
         expect(downloads.get_by_role("cell", name=name, exact=True)).to_be_visible()
     page.screenshot(path=tmp_path / "page.png", full_page=True)
 
+    record = json.loads(download(page, downloads, "run.json").read_text())
+    args = record["args"]
+    assert record["command"] == "drag" and args["steps"] == 10 and args["lora"] is False
+    assert len(args["source"]) == len(args["target"]) == 1  # the clicks land on the pixels clicked
+    for (x, y), (fx, fy, _) in zip(args["source"] + args["target"], clicks):
+        assert abs(x - fx * SIZE[0]) <= 1 and abs(y - fy * SIZE[1]) <= 1
+    mask = np.asarray(Image.open(download(page, downloads, "mask.png"))) > 0
+    assert mask.shape == SIZE[::-1] and mask[SIZE[1] // 2, SIZE[0] // 2] and not mask.all()  # the stroke
+
+
+def upload(page, path: Path) -> None:
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload").click()
+    chooser.value.set_files(path)
+
+
+def expect_message(page, text: str) -> None:
+    """An error shown in the page (a toast), which is then closed."""
+    expect(page.locator(".toast-body").first).to_contain_text(text, timeout=30_000)
+    for close in page.locator(".toast-close").all():
+        close.click()
+    expect(page.locator(".toast-body")).to_have_count(0)
+
+
+def wait_for_new_view(page, shown: str | None) -> None:
+    """Wait until the points view shows a new, loaded image (clicks on a half-loaded one are dropped)."""
+    page.wait_for_function(
+        "old => { const img = document.querySelector('#points-view img');"
+        " return img && img.src !== old && img.complete && img.naturalWidth > 0; }",
+        arg=shown, timeout=30_000,
+    )
+
+
+def image_position(image, fx: float, fy: float) -> dict[str, float]:
+    """Where to click an <img> (shown scaled down and centred, as gradio does) to hit the image fraction (fx, fy)."""
+    box = image.bounding_box()
+    width, height = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    scale = min(box["width"] / width, box["height"] / height, 1.0)
+    return {"x": (box["width"] - width * scale) / 2 + fx * width * scale,
+            "y": (box["height"] - height * scale) / 2 + fy * height * scale}
+
+
+def download(page, files, name: str) -> Path:
+    """Download one of the listed files through its link; returns where the browser saved it."""
     with page.expect_download() as download:
-        downloads.get_by_role("row", name="run.json").get_by_role("link").click()
-    record = json.loads(Path(download.value.path()).read_text())
-    assert record["command"] == "drag" and record["args"]["steps"] == 10 and record["args"]["lora"] is False
-    assert len(record["args"]["source"]) == len(record["args"]["target"]) == 1
+        files.get_by_role("row", name=name).get_by_role("link").click()
+    return Path(download.value.path())

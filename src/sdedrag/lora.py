@@ -102,9 +102,14 @@ def _positive(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
+def supports_lora(model: DiffusionModel) -> bool:
+    """Whether the per-image LoRA recipe applies: a plain (non-inpainting) Stable Diffusion model."""
+    return isinstance(model, StableDiffusion) and not model.is_inpainting
+
+
 def _stable_diffusion(model: DiffusionModel) -> StableDiffusion:
     """``model`` as a plain Stable Diffusion model without adapters, or an InputError saying why not."""
-    if not isinstance(model, StableDiffusion) or model.is_inpainting:
+    if not supports_lora(model):
         raise InputError(
             f"per-image LoRA needs a (non-inpainting) Stable Diffusion model; {model.name!r} is not one "
             "(drag without LoRA: --no-lora, or lora=None)"

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from sdedrag.lora import LoraCache, LoraSettings, lora_applied
+from sdedrag.lora import LoraCache, LoraSettings, lora_applied, supports_lora
 from sdedrag.models import DEFAULT_MODEL, DiffusionModel, load_model
 from sdedrag.tasks.drag import DragParams, DragResult, Point, iter_drag
 
@@ -45,7 +45,12 @@ class DragSession:
         progress: bool = False,
     ) -> Iterator[DragResult]:
         """Like :func:`sdedrag.tasks.drag.iter_drag`, with per-image LoRA (trained or read from the cache)
-        when ``lora`` is given; ``timings`` gain ``lora_seconds``."""
+        when ``lora`` is given and the model supports it (else a warning says it was skipped);
+        ``timings`` gain ``lora_seconds``."""
+        notes = []
+        if lora is not None and not supports_lora(self.model):
+            notes.append(f"per-image LoRA skipped: {self.model.name!r} is not a plain Stable Diffusion model")
+            lora = None
         with self._lock:
             lora_seconds = 0.0
             adapter = contextlib.nullcontext()
@@ -57,10 +62,21 @@ class DragSession:
             with adapter:
                 for result in iter_drag(self.model, image, sources, targets, mask, prompt, params, progress):
                     result.timings["lora_seconds"] = lora_seconds
+                    result.warnings[:0] = [n for n in notes if n not in result.warnings]
                     yield result
 
-    def drag(self, *args, **kwargs) -> DragResult:
-        """The complete result of :meth:`stream` (same arguments)."""
-        for result in self.stream(*args, **kwargs):
+    def drag(
+        self,
+        image: Image.Image,
+        sources: Sequence[Point],
+        targets: Sequence[Point],
+        mask: np.ndarray | None = None,
+        prompt: str = "",
+        params: DragParams = DragParams(),
+        lora: LoraSettings | None = None,
+        progress: bool = False,
+    ) -> DragResult:
+        """The complete result of :meth:`stream`."""
+        for result in self.stream(image, sources, targets, mask, prompt, params, lora, progress):
             pass
         return result

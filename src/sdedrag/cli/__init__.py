@@ -10,12 +10,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from collections.abc import Sequence
 from pathlib import Path
 
-from sdedrag.cli import bench, diffedit, drag, info, inpaint, reconstruct, sdedit, study, train_shapes, ui  # noqa: E402
+from sdedrag.cli import bench, diffedit, drag, info, inpaint, reconstruct, sdedit, study, theory, train_shapes, ui  # noqa: E402
 from sdedrag.cli.common import Parser  # noqa: E402
 from sdedrag.errors import SdedragError  # noqa: E402
 from sdedrag.io import read_run_config  # noqa: E402
 
-SUBCOMMANDS = (drag, reconstruct, inpaint, sdedit, diffedit, bench, study, ui, train_shapes, info)
+SUBCOMMANDS = (drag, reconstruct, inpaint, sdedit, diffedit, bench, study, ui, train_shapes, theory, info)
 
 
 def build_parser() -> tuple[Parser, dict[str, Parser]]:

@@ -37,9 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=positive_int, default=DEFAULTS.steps, help="default: %(default)s")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--warmup", type=positive_int, default=DEFAULTS.warmup,
+                        help="linear learning-rate warmup steps (default: %(default)s)")
     parser.add_argument("--resolution", type=positive_int, default=DEFAULTS.resolution,
                         help="image side in pixels, a multiple of 2^(levels-1) (default: %(default)s)")
-    parser.add_argument("--channels", type=channels, default=DEFAULTS.block_out_channels,
+    parser.add_argument("--channels", type=channels, default=",".join(map(str, DEFAULTS.block_out_channels)),
                         help="UNet widths per level (default: %(default)s)")
     parser.add_argument("--layers-per-block", type=positive_int, default=DEFAULTS.layers_per_block,
                         help="default: %(default)s")
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, resolution=args.resolution, seed=args.seed,
         threads=args.threads, checkpoint_every=args.checkpoint_every, block_out_channels=tuple(args.channels),
         layers_per_block=args.layers_per_block, save_dtype=args.save_dtype,
-        warmup=min(DEFAULTS.warmup, max(1, args.steps // 10)),
+        warmup=args.warmup,
         scheduler={**DEFAULTS.scheduler, "prediction_type": args.prediction_type},
     )
     try:

@@ -56,7 +56,7 @@ error by sqrt(alpha-bar) ~ 0.006, and after a short CPU training run unclipped s
 class TrainConfig:
     """Everything that determines a training run (stored as training_config.json)."""
 
-    steps: int = 7000
+    steps: int = 2100
     batch_size: int = 32
     lr: float = 1e-3
     warmup: int = 200
@@ -256,29 +256,29 @@ def model_card(config: TrainConfig, results: dict[str, Any]) -> str:
     """The model folder's README.md."""
     channels = ",".join(str(c) for c in config.block_out_channels)
     length_note = "" if len(results["lengths"]) == 1 else (
-        "\n- The run was resumed with another `--steps`; [from step, total steps]: "
-        + ", ".join(f"{a}: {b}" for a, b in results["lengths"]) + " (the cosine schedule follows the current total).")
+        "\n- The run was resumed with another `--steps`, and its cosine schedule followed the new total: "
+        + ", then ".join(f"from step {a} a {b}-step schedule" for a, b in results["lengths"]) + ".")
     return f"""# sdedrag `shapes` model
 
-An unconditional pixel-space diffusion model (diffusers `UNet2DModel`, {results['parameters'] / 1e6:.2f} M
-parameters, EMA weights stored in {config.save_dtype}, {results['weights_bytes'] / 1e6:.1f} MB) of
-{config.resolution}x{config.resolution} procedural shape scenes: 1-{config.max_shapes} non-overlapping discs or
-squares in distinct colours (red, green, blue, yellow) on a light plain or linear-gradient background
-(`sdedrag.shapes.data`). It lets SDE-Drag run on a real trained model offline and on a CPU: `--model shapes`.
+An unconditional pixel-space diffusion model (diffusers `UNet2DModel`, {results['parameters'] / 1e6:.2f} M parameters,
+EMA weights stored in {config.save_dtype}, {results['weights_bytes'] / 1e6:.1f} MB) of {config.resolution}x{config.resolution} procedural shape scenes:
+1-{config.max_shapes} non-overlapping discs or squares in distinct colours (red, green, blue, yellow) on a light plain
+or linear-gradient background (`sdedrag.shapes.data`). It lets SDE-Drag run on a real trained model, offline
+and on a CPU: `--model shapes`.
 
 ## Training
 
-- Command: `sdedrag train-shapes --out DIR --steps {config.steps} --batch-size {config.batch_size} --lr {config.lr} \
+- Command: `sdedrag train-shapes --out DIR --steps {config.steps} --batch-size {config.batch_size} --lr {config.lr} --warmup {config.warmup} \
 --resolution {config.resolution} --seed {config.seed} --threads {config.threads} --channels {channels} \
 --layers-per-block {config.layers_per_block} --prediction-type {config.scheduler['prediction_type']}`
-- Data: a fresh scene for every training example (scene `i` of seed {config.seed}), {results['steps'] * config.batch_size:,}
-  scenes in all.
+- Data: a fresh scene for every training example (scene `i` of seed {config.seed}),
+  {results['steps'] * config.batch_size:,} scenes in all.
 - Objective: MSE of the {config.scheduler['prediction_type']} target, timesteps uniform over 1000; linear betas
   1e-4 to 0.02 (`scheduler/`, trailing spacing, `set_alpha_to_one` false).
 - Optimiser: AdamW (weight decay {config.weight_decay}), learning rate {config.lr} with {config.warmup} warmup steps and
   cosine decay to {config.min_lr_ratio:g}x, gradient clipping at 1; EMA with warmup up to decay {config.ema_decay}.
-- {results['steps']} steps of batch {config.batch_size} in {results['train_minutes']:.0f} minutes on
-  {config.threads} CPU thread(s); final loss (mean of the last 100 steps) {results['final_loss']:.4f}.
+- {results['steps']} steps of batch {config.batch_size} in {results['train_minutes']:.0f} minutes of wall time on {config.threads} CPU thread(s) (a CPU shared with
+  other work); final loss (mean of the last 100 steps) {results['final_loss']:.4f}.
 - Full configuration: `training_config.json`; per-step loss: `loss_log.csv`.{length_note}
 
 ![loss curve](loss.png)

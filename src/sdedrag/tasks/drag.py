@@ -24,7 +24,14 @@ from torch import Tensor
 from sdedrag.engine import cosine_ramp, decode, encode, linear_ramp
 from sdedrag.errors import InputError
 from sdedrag.models.base import DiffusionModel
-from sdedrag.tasks.common import generator_for, image_to_latent, latent_to_image, mask_to_latent, paste_back
+from sdedrag.tasks.common import (
+    generator_for,
+    image_to_latent,
+    latent_to_image,
+    mask_to_latent,
+    paste_back,
+    require_plain_model,
+)
 
 Point = tuple[float, float]
 Method = Literal["sde", "ode"]
@@ -176,6 +183,7 @@ def iter_drag(
     wanted, is applied around this call (see ``sdedrag.session.DragSession``).
     """
     start = time.perf_counter()
+    require_plain_model(model, "drag")
     source_px, target_px = validate_points(sources, targets, image.size)
     if mask is not None and mask.shape != (image.size[1], image.size[0]):
         raise InputError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.size[0]}x{image.size[1]}")

@@ -1,4 +1,4 @@
-"""Continuous-time checks: the probability-flow ODE keeps the KL (Theorem 3.1), the reverse SDE dissipates it (3.2).
+"""Continuous-time checks: the probability-flow ODE keeps the KL, the reverse SDE dissipates it (Theorems 3.1-3.3).
 
 In u = log alpha-bar, the VP probability-flow ODE is dx/du = (x + score_u(x)) / 2 and does not depend
 on beta(t); solved to tight tolerance together with d log X'/du = (1 + score_u'(x)) / 2 (the

@@ -1,4 +1,4 @@
-"""Exact 1-D density evolution of the discrete chains: a grid convolution for the eta-step, change of variables for ODEs.
+"""Exact 1-D density evolution of the discrete chains: grid convolution for the eta-step, change of variables for ODEs.
 
 With the exact eps, one eta-step (paper Eq. 6) is the Gaussian kernel x_s ~ N(mean(x_t), sigma^2),
 so p~_s(y) = integral p~_t(x) N(y; mean(x), sigma^2) dx. mean(x) is strictly increasing (it is a
@@ -30,7 +30,7 @@ from sdedrag.theory.observe import unrecorded_path
 
 @dataclass(frozen=True)
 class Transition:
-    """One Eq. 6 step as a Gaussian kernel at points x: mean(x), d mean / dx, sigma, and eps(x) at the start level."""
+    """One Eq. 6 step as a Gaussian kernel at points x: mean(x), d mean / dx, sigma, and eps(x) at the start."""
 
     mean: np.ndarray
     slope: np.ndarray
@@ -48,7 +48,7 @@ def transition_map(model: DiffusionModel, x: Tensor, t: int, a_t: float, a_s: fl
 
 
 def push_forward(p: np.ndarray, x: np.ndarray, image: np.ndarray, slope: np.ndarray) -> np.ndarray:
-    """Density of f(X) for X ~ p on grid x, with f increasing: p(x) / f'(x) placed at f(x), cubic-interpolated onto x."""
+    """Density of f(X) for X ~ p on grid x, f increasing: p(x) / f'(x) placed at f(x), cubic-interpolated onto x."""
     _check_increasing(slope)
     return np.nan_to_num(CubicSpline(image, p / slope, axis=-1, extrapolate=False)(x), nan=0.0)
 
@@ -123,4 +123,4 @@ def adapted_points(model: DiffusionModel, grid: Grid, lo: float, hi: float, m: i
 
 def _check_increasing(slope: np.ndarray | torch.Tensor) -> None:
     if (slope <= 0).any():
-        raise RuntimeError("the ODE map is not increasing; the change of variables does not apply")
+        raise RuntimeError("a map that must be increasing is not; the change of variables does not apply")

@@ -1,4 +1,4 @@
-"""The measured quantities: KL on a grid, KL from particles with bootstrap error bars, Fisher divergence, mode masses."""
+"""What is measured: KL on a grid, KL from particles with bootstrap error bars, Fisher divergence, mode masses."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The three figures of ``sdedrag theory``: KL along time, the two-mode example, solver efficiency (matplotlib, Agg)."""
+"""The three figures of ``sdedrag theory``: KL along time, the two-mode example, solver efficiency (Agg backend)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ PATH_COLORS = ("#1a1a1a", "#f0a202")
 """Sample paths ending in the lower / upper mode (alternating for more modes)."""
 FLOOR = 1e-5
 """KL values below this are drawn at it (log axes; particle estimates can be slightly negative)."""
-
 
 
 def t0_label(t0: float) -> str:
@@ -72,7 +71,8 @@ def kl_vs_time(results: dict[str, Any], path: Path) -> None:
                 note = (f"end / start:\nODE {ratios['ode']:.3f}\nSDE {ratios['sde']:.2g}\n"
                         f"Cycle {ratios['cycle_sde']['value']:.2g} ± {2 * ratios['cycle_sde']['se']:.1g}")
             else:
-                note = f"Cycle-SDE returns\nthe record exactly\n(max |x̃₀ − x₀| = {entry['cycle_sde_record_gap']:.0e})"
+                gap = entry["cycle_sde_record_gap"]
+                note = f"Cycle-SDE returns\nthe record exactly\n(max |x̃₀ − x₀| = {gap:.0e})"
             ax.text(0.03, 0.04, note, transform=ax.transAxes, ha="left", va="bottom", fontsize=7,
                     bbox={"fc": "white", "ec": "none", "alpha": 0.85})
             if row == 0:
@@ -95,7 +95,7 @@ def kl_vs_time(results: dict[str, Any], path: Path) -> None:
     fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=8, frameon=False)
     fig.suptitle("Prior gap along time: the SDE contracts it, the ODE keeps it (exact scores, SD's VP schedule)",
                  fontsize=12)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    fig.subplots_adjust(left=0.065, right=0.99, bottom=0.1, top=0.91, wspace=0.06, hspace=0.3)
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
@@ -142,18 +142,19 @@ def prior_mismatch(results: dict[str, Any], data: ExampleFigure, path: Path) -> 
         means = results["model"]["means"]
         lines = "\n".join(f"mode at {means[k]:g}: {100 * masses[k]:.1f}%" for k in np.argsort(means)[::-1])
         right.set_title("final $\\tilde p_0$ vs $p_0$", fontsize=9)
-        right.text(0.97, 0.98, f"{lines}\nratio {example['mode_mass_ratio'][process]:.2f} : 1", transform=right.transAxes,
-                   ha="right", va="top", fontsize=8.5, bbox={"fc": "white", "ec": "0.7", "alpha": 0.9})
+        right.text(0.97, 0.98, f"{lines}\nratio {example['mode_mass_ratio'][process]:.2f} : 1",
+                   transform=right.transAxes, ha="right", va="top", fontsize=8.5,
+                   bbox={"fc": "white", "ec": "0.7", "alpha": 0.9})
     prior = example["prior"]
     fig.legend(handles=[Patch(color="0.6", alpha=0.5, label="law of the edited process $\\tilde p_t$"),
                         Line2D([], [], color="black", ls="--", label="true marginal $p_t$"),
                         *[Line2D([], [], color=c, lw=1.2, label=f"sample path ending in the {side} mode")
                           for c, side in zip(PATH_COLORS, ("lower", "upper"))]],
                loc="lower center", ncol=4, frameon=False, fontsize=9)
+    ratio = example["mode_mass_ratio"]
     fig.suptitle(f"Two-mode mixture from a mismatched prior N({prior['mean']:.2f}, {prior['std']:.2f}²) at "
-                 f"$t_0$ = {t0_label(example['t0'])}: the ODE ends with modes at "
-                 f"{example['mode_mass_ratio']['ode']:.2f} : 1, the SDE at {example['mode_mass_ratio']['sde']:.2f} : 1",
-                 fontsize=12)
+                 f"$t_0$ = {t0_label(example['t0'])}: the ODE ends with modes at {ratio['ode']:.2f} : 1, "
+                 f"the SDE at {ratio['sde']:.2f} : 1", fontsize=12)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
@@ -170,8 +171,7 @@ def solvers(results: dict[str, Any], path: Path) -> None:
     for name, estimate in study["particles_true_prior"].items():
         ax.plot(nfe, _floor(estimate["value"]), ls=":", marker="s", mfc="white", ms=4, color=COLORS[name], lw=1.3)
     start = results["kl_vs_time"][0]["priors"]["example"]["kl_t0"]
-    ax.axhline(start, color="0.4", lw=1, ls="--")
-    ax.text(nfe[0], start * 1.15, f"prior gap KL at $t_0$ = {start:.3f}", fontsize=8, color="0.3")
+    ax.axhline(start, color="0.4", lw=1, ls="--", label=f"the prior gap: KL at $t_0$ = {start:.3f}")
     for k, (name, estimate) in enumerate(study["particles"].items()):
         value, se = np.asarray(estimate["value"]), np.asarray(estimate["se"])
         low, high = _floor(value - 2 * se), _floor(value + 2 * se)

@@ -1,4 +1,4 @@
-"""KL(p~_t || p_t) along time from a mismatched prior at t0: the ODE (Theorem 3.1), the SDE (3.2), Cycle-SDE (3.3).
+"""KL(p~_t || p_t) along time from a mismatched prior at t0 for the ODE, the SDE and Cycle-SDE (Theorems 3.1-3.3).
 
 ODE and SDE curves are exact (change of variables; grid convolution); Cycle-SDE needs each particle's
 recorded path, so its curve is a particle estimate with bootstrap error bars.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ def prior_densities(priors: Sequence[Prior], x: np.ndarray) -> tuple[np.ndarray,
 
 @dataclass
 class OdeCurves:
-    """Exact ODE (DDIM) results: KL per prior and level [P, L], final mode masses [P, K], and the characteristics."""
+    """Exact ODE (DDIM) results: KL per prior and level [P, L], final mode masses [P, K], the characteristics."""
 
     kl: np.ndarray
     final_masses: np.ndarray
@@ -49,7 +50,7 @@ class OdeCurves:
 
 
 def ode_curves(model: GaussianMixture, grid: Grid, x: np.ndarray, priors: Sequence[Prior]) -> OdeCurves:
-    """KL along the ODE (DDIM) for every prior, by exact change of variables from len(x) points adapted to the map."""
+    """KL along the ODE (DDIM) for every prior: exact change of variables from len(x) points adapted to the map."""
     start = adapted_points(model, grid, float(x[0]), float(x[-1]), len(x))
     weights = trapezoid_weights(start)
     positions, log_slope = characteristics(model, grid, start)
@@ -70,7 +71,7 @@ def ode_curves(model: GaussianMixture, grid: Grid, x: np.ndarray, priors: Sequen
 
 @dataclass
 class SdeCurves:
-    """Exact SDE (DDPM) results per prior and level: KL, relative Fisher information, total mass; final masses, snapshots."""
+    """Exact SDE (DDPM) results per prior and level (KL, relative Fisher information, mass); final masses, snapshots."""
 
     kl: np.ndarray
     fisher: np.ndarray
@@ -108,8 +109,8 @@ def sde_curves(
 class CycleCurves:
     """Cycle-SDE particle estimates: per prior, an Estimate at each of ``levels``; final mode masses [P, K].
 
-    ``record_gap``: per prior, max |x~_0 - x_0| against the recorded path's end (0 up to round-off for the
-    true prior: Cycle-SDE reconstructs an unedited path exactly).
+    ``record_gap``: per prior, max |x~_0 - x_0| against the recorded path's end (0 up to round-off for
+    the true prior: Cycle-SDE reconstructs an unedited path exactly).
     """
 
     levels: list[int]
@@ -118,8 +119,11 @@ class CycleCurves:
     record_gap: list[float]
 
 
-def recorded_path(model: GaussianMixture, grid: Grid, n: int, record: str, generator: torch.Generator) -> Path:
-    """A recorded path of n exact samples of p at the grid's last level: the forward process (Eq. 7) or DDIM inversion."""
+Record = Literal["forward", "ode"]
+
+
+def recorded_path(model: GaussianMixture, grid: Grid, n: int, record: Record, generator: torch.Generator) -> Path:
+    """A path from n exact samples of p at the grid's last level: the forward process (Eq. 7) or DDIM inversion."""
     x0 = model.sample(n, alpha=float(grid.alphas[-1]), generator=generator)
     return encode(model, x0, grid, "cycle-sde" if record == "forward" else "ode", generator=generator)
 
@@ -131,12 +135,12 @@ def cycle_curves(
     n: int,
     levels: Collection[int],
     seed: int,
-    record: str = "forward",
+    record: Record = "forward",
 ) -> CycleCurves:
-    """KL along Cycle-SDE: x_t0 of a recorded path is edited to each prior, then decoded with the path's Eq. 8 noise.
+    """KL along Cycle-SDE: a recorded path's x_t0 is edited to each prior, then decoded with the path's Eq. 8 noise.
 
-    ``record`` is "forward" (the true forward process, the setting of Theorem 3.3) or "ode" (a DDIM-inverted
-    path, for contrast). The KL is estimated at ``levels`` by :func:`particle_kl`.
+    ``record`` is "forward" (the true forward process, the setting of the paper's Cycle-SDE result) or
+    "ode" (a DDIM-inverted path, for contrast). The KL is estimated at ``levels`` by :func:`particle_kl`.
     """
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)

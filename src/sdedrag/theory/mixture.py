@@ -39,11 +39,6 @@ def log_density(model: GaussianMixture, x: np.ndarray, alpha: float) -> np.ndarr
     return model.log_prob(torch.as_tensor(x, dtype=torch.float64).reshape(-1, 1), alpha).numpy().reshape(np.shape(x))
 
 
-def score(model: GaussianMixture, x: np.ndarray, alpha: float) -> np.ndarray:
-    """grad_x log p_t(x) in closed form at points x."""
-    return model.score(torch.as_tensor(x, dtype=torch.float64).reshape(-1, 1), alpha).numpy().reshape(np.shape(x))
-
-
 def cdf(model: GaussianMixture, x: np.ndarray, alpha: float) -> np.ndarray:
     """F_t(x) = sum_k w_k Phi((x - m_k) / s_k)."""
     w, m, s = components(model, alpha)

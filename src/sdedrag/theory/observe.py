@@ -15,22 +15,37 @@ from sdedrag.models.base import DiffusionModel
 Observer = Callable[[Tensor], None]
 
 
-class ObservedModel(DiffusionModel):
-    """A model that hands every predict_eps input to ``observe`` first: decode calls it once per level, in order."""
+class ModelWrapper(DiffusionModel):
+    """A DiffusionModel that delegates to ``model``; subclasses intercept predict_eps."""
 
-    def __init__(self, model: DiffusionModel, observe: Observer):
-        self.model, self.observe = model, observe
+    def __init__(self, model: DiffusionModel):
+        self.model = model
         self.name, self.schedule, self.device, self.dtype = model.name, model.schedule, model.device, model.dtype
 
-    def predict_eps(self, x: Tensor, t: int, cond: Any = None, guidance: float = 1.0, lora_scale: float = 1.0) -> Tensor:
-        self.observe(x)
+    def predict_eps(
+        self, x: Tensor, t: int, cond: Any = None, guidance: float = 1.0, lora_scale: float = 1.0
+    ) -> Tensor:
         return self.model.predict_eps(x, t, cond, guidance, lora_scale)
 
     def stack_conditions(self, parts: Sequence[tuple[Any, int]]) -> Any:
         return self.model.stack_conditions(parts)
 
 
-class RecordedEpsCache(DiffusionModel):
+class ObservedModel(ModelWrapper):
+    """Hands every predict_eps input to ``observe`` first: decode calls it once per level, in order."""
+
+    def __init__(self, model: DiffusionModel, observe: Observer):
+        super().__init__(model)
+        self.observe = observe
+
+    def predict_eps(
+        self, x: Tensor, t: int, cond: Any = None, guidance: float = 1.0, lora_scale: float = 1.0
+    ) -> Tensor:
+        self.observe(x)
+        return self.model.predict_eps(x, t, cond, guidance, lora_scale)
+
+
+class RecordedEpsCache(ModelWrapper):
     """For Cycle-SDE decodes of several edits against one recorded path: the recorded half's eps, once per level.
 
     Cycle-SDE evaluates [edited; recorded] in one batch; the recorded half is the same for every edit,
@@ -38,11 +53,13 @@ class RecordedEpsCache(DiffusionModel):
     """
 
     def __init__(self, model: DiffusionModel, batch: int):
-        self.model, self.batch = model, batch
-        self.name, self.schedule, self.device, self.dtype = model.name, model.schedule, model.device, model.dtype
+        super().__init__(model)
+        self.batch = batch
         self._cache: dict[int, tuple[Tensor, Tensor]] = {}
 
-    def predict_eps(self, x: Tensor, t: int, cond: Any = None, guidance: float = 1.0, lora_scale: float = 1.0) -> Tensor:
+    def predict_eps(
+        self, x: Tensor, t: int, cond: Any = None, guidance: float = 1.0, lora_scale: float = 1.0
+    ) -> Tensor:
         edited, recorded = x[: self.batch], x[self.batch :]
         cached = self._cache.get(t)
         if cached is not None and torch.equal(cached[0], recorded):
@@ -50,9 +67,6 @@ class RecordedEpsCache(DiffusionModel):
         eps = self.model.predict_eps(x, t, cond, guidance, lora_scale)
         self._cache[t] = (recorded.clone(), eps[self.batch :])
         return eps
-
-    def stack_conditions(self, parts: Sequence[tuple[Any, int]]) -> Any:
-        return self.model.stack_conditions(parts)
 
 
 def unrecorded_path(grid: Grid, x_t0: Tensor, process: Process) -> Path:

@@ -83,9 +83,9 @@ def particle_final_kl(model: GaussianMixture, grid: Grid, solver: str, prior: Pr
 
 @dataclass
 class SolverCurves:
-    """KL(final || p_0) per solver and NFE: exact (None where unavailable) and from particles; both from the true prior too.
+    """KL(final || p_0) per solver and NFE, exact (None where unavailable) and from particles.
 
-    From the true prior, particles are only run for the solver without an exact method.
+    Both also from the true prior, as a reference (particles only for the solver without an exact method).
     """
 
     nfe: list[int]

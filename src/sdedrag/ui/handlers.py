@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from sdedrag.cli import drag as drag_cli
 from sdedrag.cli.common import Parser
@@ -37,12 +37,12 @@ OPTION_TYPES: dict[str, type] = {
 
 
 def open_upload(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Read an uploaded image file as RGB (transparency over white), refusing images over ``max_pixels``
-    before decoding them."""
+    """Read an uploaded image file as RGB, upright (EXIF orientation applied) with transparency over white,
+    refusing images over ``max_pixels`` before decoding them."""
     try:
         with Image.open(path) as image:
             check_size(image.size, max_pixels)
-            rgba = image.convert("RGBA")
+            rgba = ImageOps.exif_transpose(image).convert("RGBA")
     except InputError:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as err:
@@ -189,7 +189,7 @@ def run_drag(
     params = drag_cli.drag_params(args)
     lora = drag_cli.lora_settings(args)
 
-    yield RunUpdate(image, 0, 0, "Training LoRA (once per image) and encoding..." if lora else "Encoding...")
+    yield RunUpdate(image, 0, 0, "LoRA (trained once per image, then cached) and encoding..." if lora else "Encoding...")
     for result in session.stream(image, sources, targets, mask, args.prompt, params, lora):
         if len(result.frames) < result.moves:
             yield RunUpdate(result.image, len(result.frames), result.moves,
