@@ -12,6 +12,12 @@ import pytest
 from sdedrag.cli import main
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def run_cli(argv: list[str]) -> int:
     """main(), with argparse's usage-error exit turned into a status like the console script's."""
     try:
@@ -34,6 +40,7 @@ def test_reconstruct_writes_result_and_run_json_and_replays(tmp_path, image_file
     assert record["results"]["latent_rel_error"] <= 1e-8
     assert record["versions"]["torch"] and record["versions"]["diffusers"]
     assert (out / "result.png").is_file()
+    assert out.stat().st_mode & 0o077 == 0o777 & ~_umask() & 0o077  # an ordinary folder, not mkdtemp's 0700
 
     replay = tmp_path / "replay"
     assert main(["reconstruct", "--config", str(out / "run.json"), "--out", str(replay)]) == 0

@@ -83,6 +83,13 @@ def test_grid_for_the_paper_setting(tiny64):
     assert torch.all(grid.alphas[1:] > grid.alphas[:-1])
 
 
+@pytest.mark.parametrize("steps", [1000, 999, 750])
+def test_grids_with_more_steps_than_half_of_t_stay_in_range(tiny64, steps):
+    grid = tiny64.schedule.grid(steps)
+    assert int(grid.timesteps[0]) <= 999 and int(grid.timesteps[-1]) == 0
+    assert torch.all(grid.timesteps[1:] < grid.timesteps[:-1])
+
+
 @pytest.mark.parametrize("steps, t0", [(0, 0.5), (10, 0.0), (10, 1.5)])
 def test_grid_rejects_impossible_parameters(tiny64, steps, t0):
     with pytest.raises(InputError):

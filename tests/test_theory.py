@@ -13,7 +13,7 @@ from sdedrag.cli import main
 from sdedrag.engine.steps import eta_step_mean
 from sdedrag.errors import InputError
 from sdedrag.theory import TheoryConfig, run_theory
-from sdedrag.theory.checks import TOLERANCES
+from sdedrag.theory.checks import TOLERANCES, checks
 from sdedrag.theory.densities import characteristics, evolve_density
 from sdedrag.theory.estimators import kl_on_grid, particle_kl
 from sdedrag.theory.experiment import single_threaded
@@ -79,6 +79,12 @@ def test_true_prior_ends_near_zero_for_all_three_processes(results):
         value, se = entry["cycle_sde"]["value"][-1], entry["cycle_sde"]["se"][-1]
         assert abs(value) <= 2 * se and value <= 5e-3
     assert results["checks"]["all_passed"], {k: v["passed"] for k, v in results["checks"].items() if k != "all_passed"}
+
+
+def test_claims_about_t0_T_are_not_evaluated_without_it(results):
+    partial = checks([study for study in results["kl_vs_time"] if study["t0"] != 1.0])
+    assert partial["sde_contracts_below_10_percent_from_T"]["passed"] is None
+    assert partial["sde_non_increasing"]["passed"] is True and partial["all_passed"] is True
 
 
 def test_two_mode_example_ode_keeps_the_prior_imbalance_and_sde_rebalances(results):

@@ -127,7 +127,11 @@ def test_drag_in_the_browser(page, server, tmp_path):
 
     page.locator("#run-button").click()
     expect(page.locator("#run-status")).to_contain_text("Done", timeout=180_000)
-    natural = page.locator("#result img").evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    natural = page.wait_for_function(
+        "() => { const img = document.querySelector('#result img');"
+        " return img && img.complete && img.naturalWidth > 0 && [img.naturalWidth, img.naturalHeight]; }",
+        timeout=30_000,
+    ).json_value()
     assert tuple(natural) == SIZE
     downloads = page.locator("#downloads")
     for name in ("result.png", "trajectory.gif", "run.json", "input.png", "mask.png"):  # mask.png: the stroke

@@ -73,6 +73,9 @@ def atomic_output_dir(out: str | os.PathLike) -> Iterator[Path]:
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary folder
     try:
         yield staging
         if out.exists():

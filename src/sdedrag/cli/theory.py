@@ -100,8 +100,12 @@ def run(args: argparse.Namespace) -> int:
     for entry in results["contraction"]:
         parts = ", ".join(f"{name} {r['sde']:.2g}" for name, r in entry["ratios"].items())
         print(f"SDE KL end / start at t0 = {t0_label(entry['t0'])}: {parts}")
-    failed = [name for name, check in results["checks"].items() if name != "all_passed" and not check["passed"]]
+    outcome = {name: check["passed"] for name, check in results["checks"].items() if name != "all_passed"}
+    failed = [name for name, passed in outcome.items() if passed is False]
+    unevaluated = [name for name, passed in outcome.items() if passed is None]
     print("all checks passed" if not failed else f"checks FAILED: {', '.join(failed)}")
+    if unevaluated:
+        print(f"not evaluated (no t0 = 1): {', '.join(unevaluated)}")
     print(f"{results['seconds']['command']:.0f} s; wrote {args.out}/kl_vs_time.png, prior_mismatch.png, solvers.png, "
           "theory.json and run.json")
     return 0

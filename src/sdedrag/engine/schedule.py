@@ -62,9 +62,10 @@ class NoiseSchedule:
         if not 0.0 < t0 <= 1.0:
             raise InputError(f"t0 must be in (0, 1], got {t0}")
         self._scheduler.set_timesteps(steps)
-        full = self._scheduler.timesteps.to(torch.long)
-        used = max(1, round(t0 * steps))
-        timesteps = full[steps - used :]
+        # "leading" spacing with steps_offset 1 (SD's config) reaches timestep T at steps > T / 2: clamp.
+        full = torch.unique_consecutive(self._scheduler.timesteps.to(torch.long).clamp(max=self.num_train_timesteps - 1))
+        used = max(1, round(t0 * len(full)))
+        timesteps = full[len(full) - used :]
         if timesteps[-1] != 0:
             timesteps = torch.cat([timesteps, torch.zeros(1, dtype=torch.long)])
         return Grid(timesteps=timesteps, alphas=self.alpha(timesteps))

@@ -18,8 +18,8 @@ from sdedrag.theory.experiment import ExampleFigure  # noqa: E402
 
 COLORS = {"ode": "#1f5fbf", "sde": "#c8312b", "cycle_sde": "#2a9d3a", "contrast": "#888888",
           "DDIM": "#1f5fbf", "DPM-Solver++(2M)": "#7b3fb5", "DDPM": "#c8312b", "SDE-DPM-Solver++(2M)": "#e07b16"}
-PATH_COLORS = ("#1a1a1a", "#f0a202")
-"""Sample paths ending in the lower / upper mode (alternating for more modes)."""
+PATH_COLORS = ("#1a1a1a", "#f0a202", "#b01fd0", "#2ca02c", "#8c564b", "#17becf")
+"""Sample paths by the mode they end in, lowest mode first (cycled for more modes)."""
 FLOOR = 1e-5
 """KL values below this are drawn at it (log axes; particle estimates can be slightly negative)."""
 
@@ -103,6 +103,8 @@ def kl_vs_time(results: dict[str, Any], path: Path) -> None:
 def prior_mismatch(results: dict[str, Any], data: ExampleFigure, path: Path) -> None:
     """The paper-style toy figure: prior at t0, sample paths over the density p~_t, final density and mode masses."""
     example = results["example"]
+    means = results["model"]["means"]
+    path_colors = {int(k): PATH_COLORS[rank % len(PATH_COLORS)] for rank, k in enumerate(np.argsort(means))}
     t0_timestep = float(data.timesteps[0])
     fig = plt.figure(figsize=(12.5, 7.2))
     grid = fig.add_gridspec(2, 3, width_ratios=(1.0, 5.0, 1.6), wspace=0.05, hspace=0.28)
@@ -123,10 +125,8 @@ def prior_mismatch(results: dict[str, Any], data: ExampleFigure, path: Path) -> 
         heat = np.maximum(data.heatmaps[process], 0.0)
         main.pcolormesh(data.snapshot_timesteps, y, heat.T, cmap=maps[process], shading="nearest",
                         norm=PowerNorm(0.5, vmin=0.0, vmax=float(np.percentile(heat, 99.5))), rasterized=True)
-        rank = np.argsort(np.argsort(results["model"]["means"]))
         for k, mode in enumerate(example["final_mode_of_trajectories"][process]):
-            main.plot(data.timesteps, data.trajectories[process][:, k], color=PATH_COLORS[rank[mode] % 2], lw=0.7,
-                      alpha=0.7)
+            main.plot(data.timesteps, data.trajectories[process][:, k], color=path_colors[mode], lw=0.7, alpha=0.7)
         main.set_xlim(t0_timestep, 0)
         main.tick_params(labelleft=False)
         main.set_title(f"{titles[process]}: sample paths over the density $\\tilde p_t$", fontsize=10)
@@ -139,7 +139,6 @@ def prior_mismatch(results: dict[str, Any], data: ExampleFigure, path: Path) -> 
         right.set_xticks([])
         right.tick_params(labelleft=False)
         masses = np.asarray(example["mode_masses"][process])
-        means = results["model"]["means"]
         lines = "\n".join(f"mode at {means[k]:g}: {100 * masses[k]:.1f}%" for k in np.argsort(means)[::-1])
         right.set_title("final $\\tilde p_0$ vs $p_0$", fontsize=9)
         right.text(0.97, 0.98, f"{lines}\nratio {example['mode_mass_ratio'][process]:.2f} : 1",
@@ -148,11 +147,12 @@ def prior_mismatch(results: dict[str, Any], data: ExampleFigure, path: Path) -> 
     prior = example["prior"]
     fig.legend(handles=[Patch(color="0.6", alpha=0.5, label="law of the edited process $\\tilde p_t$"),
                         Line2D([], [], color="black", ls="--", label="true marginal $p_t$"),
-                        *[Line2D([], [], color=c, lw=1.2, label=f"sample path ending in the {side} mode")
-                          for c, side in zip(PATH_COLORS, ("lower", "upper"))]],
-               loc="lower center", ncol=4, frameon=False, fontsize=9)
+                        *[Line2D([], [], color=path_colors[k], lw=1.2, label=f"path ending in the mode at {means[k]:g}")
+                          for k in sorted(path_colors, key=lambda k: means[k])]],
+               loc="lower center", ncol=2 + len(means), frameon=False, fontsize=9)
     ratio = example["mode_mass_ratio"]
-    fig.suptitle(f"Two-mode mixture from a mismatched prior N({prior['mean']:.2f}, {prior['std']:.2f}²) at "
+    modes = {1: "One-mode", 2: "Two-mode", 3: "Three-mode"}.get(len(means), f"{len(means)}-mode")
+    fig.suptitle(f"{modes} mixture from a mismatched prior N({prior['mean']:.2f}, {prior['std']:.2f}²) at "
                  f"$t_0$ = {t0_label(example['t0'])}: the ODE ends with modes at {ratio['ode']:.2f} : 1, "
                  f"the SDE at {ratio['sde']:.2f} : 1", fontsize=12)
     fig.savefig(path, dpi=130, bbox_inches="tight")

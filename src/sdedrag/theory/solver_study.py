@@ -65,9 +65,8 @@ def exact_final_kl(
             )
         )
     if order == 1:
-        for p, _ in evolve_density(model, grid, x, np.exp(prior.log_density(x))[None], eta=1.0):
-            pass
-        return float(kl_on_grid(p, log_density(model, x, alpha), float(x[1] - x[0]))[0])
+        *_, (final_density, _) = evolve_density(model, grid, x, np.exp(prior.log_density(x))[None], eta=1.0)
+        return float(kl_on_grid(final_density, log_density(model, x, alpha), float(x[1] - x[0]))[0])
     return None
 
 
