@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -32,11 +33,18 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from PIL import Image  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
-from sdedrag.engine.schedule import SD_SCHEDULER_CONFIG  # noqa: E402
+from sdedrag.bench.formats import list_cases, load_case  # noqa: E402
+from sdedrag.engine.schedule import SD_SCHEDULER_CONFIG, NoiseSchedule  # noqa: E402
 from sdedrag.models import StableDiffusion, load_model, resolve_device, resolve_dtype  # noqa: E402
 from sdedrag.models.tiny import build_tiny_tokenizer  # noqa: E402
+from sdedrag.tasks.common import model_size  # noqa: E402
+from sdedrag.tasks.drag import DragParams, move_count, to_latent_points  # noqa: E402
 
 RANDOM_SD15 = "sd15-random"
+PAPER = DragParams()
+"""The paper's DragBench settings: 200 steps, t0 = 0.6, 2 latent pixels per move, guidance 3, LoRA."""
+DEFAULT_DATASET = Path(__file__).resolve().parents[2] / "shared" / "data" / "dragbench-d-sample"
+PROMPT = "a photo of a mountain lake"
 
 SD15_UNET_CONFIG: dict[str, Any] = {
     "sample_size": 64,
@@ -123,10 +131,10 @@ def load_benchmark_model(model_id: str, device: str | torch.device, dtype: str |
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, resolution: int = 128) -> None:
-    parser.add_argument("--model", default=RANDOM_SD15, help="sd15-random (default), a Hub id or a local diffusers folder")
-    parser.add_argument("--resolution", type=int, default=resolution, help="image side in pixels (default: %(default)s)")
+    parser.add_argument("--model", default=RANDOM_SD15, help="sd15-random (default), a Hub id or a diffusers folder")
+    parser.add_argument("--resolution", type=int, default=resolution, help="image side, pixels (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3, help="repetitions; tables show medians (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats; tables show medians (default: %(default)s)")
     parser.add_argument(
         "--threads", type=int, default=1,
         help="torch intra-op threads, 0 = torch's default (default: %(default)s, stable numbers on a shared CPU)",
@@ -235,6 +243,41 @@ def test_image(resolution: int, seed: int = 0) -> Image.Image:
             base += 0.3 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / r**2)
         channels.append(base)
     return Image.fromarray((np.clip(np.stack(channels, -1), 0, 1) * 255).astype(np.uint8))
+
+
+def paper_steps_per_move(steps: int = PAPER.steps, t0: float = PAPER.t0) -> int:
+    """Decoding steps (UNet calls for SDE-Drag) per move: round(t0 * steps)."""
+    return NoiseSchedule(SD_SCHEDULER_CONFIG).grid(steps, t0).num_steps
+
+
+def dragbench_moves(dataset: Path, step_size: float = PAPER.step_size, latent_scale: int = 8) -> dict[str, int]:
+    """Moves per case of a DragBench folder (any format ``sdedrag bench`` reads), from its point layouts at
+    full size, as ``iter_drag`` counts them."""
+    moves = {}
+    for ref in list_cases(dataset):
+        case = load_case(ref)
+        width, height = model_size(*case.image.size, latent_scale)
+        latent_hw = (height // latent_scale, width // latent_scale)
+        sources = to_latent_points(np.asarray(case.sources, np.float64), case.image.size, latent_hw)
+        targets = to_latent_points(np.asarray(case.targets, np.float64), case.image.size, latent_hw)
+        moves[ref.id] = move_count(sources, targets, step_size)
+    return moves
+
+
+def mean_paper_calls(dataset: Path = DEFAULT_DATASET) -> float:
+    """Mean SDE-Drag UNet calls per case of ``dataset`` at the paper's settings (470 per the issue if absent)."""
+    if not dataset.is_dir():
+        return 470.0
+    return float(np.mean(list(dragbench_moves(dataset).values()))) * paper_steps_per_move()
+
+
+def drag_inputs(resolution: int, moves: int, latent_scale: int) -> dict[str, Any]:
+    """A test image with one handle dragged ``moves`` moves to the right and an editable central region."""
+    source = (0.3 * resolution, 0.5 * resolution)
+    target = (source[0] + moves * PAPER.step_size * latent_scale, source[1])
+    mask = np.zeros((resolution, resolution), bool)
+    mask[resolution // 5 : 4 * resolution // 5, resolution // 10 : 9 * resolution // 10] = True
+    return {"image": test_image(resolution), "sources": [source], "targets": [target], "mask": mask, "prompt": PROMPT}
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> None:

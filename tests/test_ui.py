@@ -62,7 +62,7 @@ def test_points_view_draws_arrows_dots_and_the_mask():
     scale = handlers.view_scale(image.size)
     view = handlers.points_view(image, [[10, 10], [40, 30], [80, 50]], mask)
     assert view.size == (round(96 * scale), round(64 * scale))
-    pixel = lambda x, y: view.getpixel((int((x + 0.5) * scale), int((y + 0.5) * scale)))  # noqa: E731
+    pixel = lambda x, y: view.getpixel((int((x + 0.5) * scale), int((y + 0.5) * scale)))
     assert pixel(10, 10) == SOURCE_COLOR and pixel(40, 30) == TARGET_COLOR
     assert pixel(80, 50) == SOURCE_COLOR  # the unpaired source is a dot
     assert pixel(20, 55) == (128, 128, 128) and max(pixel(70, 5)) < 128  # outside the mask is shaded
@@ -149,7 +149,8 @@ def test_run_streams_moves_and_writes_a_replayable_run(session, tmp_path, monkey
     record = json.loads((folder / "run.json").read_text())
     assert record["command"] == "drag"
     args = record["args"]
-    assert (args["image"], args["mask"], args["source"], args["target"]) == ("input.png", "mask.png", [[30.0, 30.0]], [[50.0, 34.0]])
+    assert (args["image"], args["mask"]) == ("input.png", "mask.png")
+    assert (args["source"], args["target"]) == ([[30.0, 30.0]], [[50.0, 34.0]])
     assert (args["model"], args["device"], args["dtype"], args["steps"], args["radius"], args["lora"]) == (
         "tiny", "cpu", "float32", 10, 5, False)
 

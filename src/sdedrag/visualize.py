@@ -53,3 +53,17 @@ def save_gif(frames: Sequence[Image.Image], path: str | os.PathLike, frame_ms: i
     """An animated GIF of ``frames`` that holds the last frame a little longer."""
     durations = [frame_ms] * (len(frames) - 1) + [frame_ms * 3]
     frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=durations, loop=0)
+
+
+def side_by_side(images: Sequence[Image.Image], labels: Sequence[str]) -> Image.Image:
+    """Images in a row on white, each with its label above it."""
+    label_height, gap = 18, 6
+    width = sum(image.width for image in images) + gap * (len(images) - 1)
+    canvas = Image.new("RGB", (width, max(image.height for image in images) + label_height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for image, label in zip(images, labels):
+        canvas.paste(image.convert("RGB"), (x, label_height))
+        draw.text((x + 2, 3), label, fill=(0, 0, 0))
+        x += image.width + gap
+    return canvas

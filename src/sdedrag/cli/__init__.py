@@ -4,18 +4,46 @@ from __future__ import annotations
 
 import os
 import sys
-
-# transformers announces at import time that torchvision is absent; the CLI does not use those processors.
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from collections.abc import Sequence
 from pathlib import Path
 
-from sdedrag.cli import bench, diffedit, drag, info, inpaint, reconstruct, sdedit, study, theory, train_shapes, ui  # noqa: E402
+# transformers announces at import time that torchvision is absent; the CLI does not use those processors.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from sdedrag.cli import (  # noqa: E402
+    bench,
+    demo,
+    diffedit,
+    drag,
+    info,
+    inpaint,
+    reconstruct,
+    sdedit,
+    shapes_bench,
+    study,
+    theory,
+    train_shapes,
+    ui,
+)
 from sdedrag.cli.common import Parser  # noqa: E402
 from sdedrag.errors import SdedragError  # noqa: E402
 from sdedrag.io import read_run_config  # noqa: E402
 
-SUBCOMMANDS = (drag, reconstruct, inpaint, sdedit, diffedit, bench, study, ui, train_shapes, theory, info)
+SUBCOMMANDS = (
+    demo,
+    drag,
+    reconstruct,
+    inpaint,
+    sdedit,
+    diffedit,
+    bench,
+    study,
+    shapes_bench,
+    theory,
+    ui,
+    train_shapes,
+    info,
+)
 
 
 def build_parser() -> tuple[Parser, dict[str, Parser]]:

@@ -38,7 +38,7 @@ def _drag_record_keys() -> list[str]:
     """The ``sdedrag drag`` arguments a case's run.json records besides the case's own image, points, prompt."""
     parser = argparse.ArgumentParser(add_help=False)
     add_drag_arguments(parser)
-    own = {"image", "source", "target", "mask", "prompt", "out", "config"}
+    own = {"image", "source", "target", "mask", "prompt", "out", "config", "fast"}
     return [action.dest for action in parser._actions if action.dest not in own]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from sdedrag.errors import InputError
 from sdedrag.models import DEFAULT_MODEL, DTYPES
 
-NOT_RECORDED = {"command", "handler", "config", "out", "path_args"}
+NOT_RECORDED = {"command", "handler", "config", "out", "path_args", "fast"}  # --fast is recorded as what it sets
 
 
 class Parser(argparse.ArgumentParser):

@@ -30,6 +30,23 @@ NAME = "drag"
 HELP = "drag points of an image (SDE-Drag / ODE-Drag)"
 PATH_ARGS = ("image", "mask", "lora_cache")
 DEFAULTS = DragParams()
+FAST_PRESET = {"order": 2, "steps": 50}
+"""``--fast``: (SDE-)DPM-Solver++(2M) at 50 steps, 4x fewer UNet calls than the paper's 200 first-order steps."""
+
+
+class FastPreset(argparse.Action):
+    """``--fast`` sets each of ``FAST_PRESET``'s options that is still at its default when the flag is read;
+    options given after it override it as usual. run.json records the resolved --steps and --order."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object):
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, True)
+        for key, value in FAST_PRESET.items():
+            if getattr(namespace, key) == parser.get_default(key):
+                setattr(namespace, key, value)
 
 
 def point(text: str) -> list[float]:
@@ -64,6 +81,10 @@ def add_drag_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=DEFAULTS.guidance, help="CFG scale at t0, 1 at t = 0 (default: %(default)s)")
     parser.add_argument("--lora-scale-min", type=float, default=DEFAULTS.lora_scale_min, help="LoRA scale at t0, 1 at t = 0 (default: %(default)s)")
     parser.add_argument("--order", type=int, choices=(1, 2), default=DEFAULTS.order, help="1: DDIM/DDPM, 2: (SDE-)DPM-Solver++(2M)")
+    parser.add_argument(
+        "--fast", action=FastPreset,
+        help="4x fewer UNet calls: --order 2 --steps 50, unless --order/--steps say otherwise (benchmarks/README.md)",
+    )
     parser.add_argument("--no-paste-back", dest="paste_back", action="store_false", help="do not keep the input's pixels outside the mask")
     parser.add_argument("--no-lora", dest="lora", action="store_false", help="skip per-image LoRA fine-tuning")
     defaults = LoraSettings()

@@ -21,12 +21,14 @@ PATH_ARGS = ("lora_cache",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 serves the network (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind; 0.0.0.0 serves the network (default: %(default)s)")
     parser.add_argument("--port", type=int, default=7860, help="default: %(default)s")
     parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         help="largest accepted upload, width x height (default: %(default)s)")
     parser.add_argument("--max-file-size", default="25mb", help="largest accepted upload file (default: %(default)s)")
-    parser.add_argument("--lora-cache", help="LoRA cache folder (default: $SDEDRAG_CACHE/lora or ~/.cache/sdedrag/lora)")
+    parser.add_argument("--lora-cache",
+                        help="LoRA cache folder (default: $SDEDRAG_CACHE/lora or ~/.cache/sdedrag/lora)")
     add_model_options(parser)
 
 

@@ -13,10 +13,14 @@ from sdedrag.engine.schedule import NoiseSchedule
 
 
 def eps_from_output(output: Tensor, x: Tensor, alpha: float | Tensor, prediction_type: str) -> Tensor:
-    """Convert a network output (epsilon, v_prediction or sample) at x_t with alpha-bar ``alpha`` to eps."""
-    alpha = torch.as_tensor(alpha, dtype=x.dtype, device=x.device)
+    """Convert a network output (epsilon, v_prediction or sample) at x_t with alpha-bar ``alpha`` to eps.
+
+    ``alpha`` stays on the host (a 0-d CPU tensor is a scalar operand on any device), so the conversion never
+    copies to the device, which on CUDA would block the host until the device's queue has drained.
+    """
     if prediction_type == "epsilon":
         return output
+    alpha = torch.as_tensor(alpha, dtype=x.dtype)
     if prediction_type == "v_prediction":
         return alpha.sqrt() * output + (1 - alpha).sqrt() * x
     if prediction_type == "sample":

@@ -23,11 +23,12 @@ class PixelUNet(DiffusionModel):
         self.schedule = NoiseSchedule(scheduler_config)
         self.prediction_type = scheduler_config.get("prediction_type", "epsilon")
         self.device, self.dtype = unet.device, unet.dtype
+        self._timesteps = torch.arange(self.schedule.num_train_timesteps, device=self.device)  # see StableDiffusion
 
     @torch.no_grad()
     def predict_eps(self, x: Tensor, t: int, cond: Any = None, guidance: float = 1.0, lora_scale: float = 1.0) -> Tensor:
         """eps_theta(x_t, t); unconditional and without LoRA, so ``guidance`` and ``lora_scale`` have no effect."""
-        output = self.unet(x.to(self.dtype), t).sample.to(x.dtype)
+        output = self.unet(x.to(self.dtype), self._timesteps[t]).sample.to(x.dtype)
         return eps_from_output(output, x, self.schedule.alphas_cumprod[t], self.prediction_type)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, ...]:

@@ -49,7 +49,7 @@ def shown_in_page() -> Iterator[None]:
         yield
     except SdedragError as err:
         raise gr.Error(html.escape(str(err)), print_exception=False) from None
-    except Exception as err:  # noqa: BLE001 - the page gets one line, the server log the traceback
+    except Exception as err:  # the page gets one line, the server log the traceback
         log.exception("drag UI handler failed")
         message = f"the drag failed: {type(err).__name__}: {err} (details in the server log)"
         raise gr.Error(html.escape(message), print_exception=False) from None
@@ -90,7 +90,7 @@ def build_app(
         return [], *view(image, editor, [])
 
     def on_run(image: Image.Image | None, editor: dict | None, points: Points, *values: Any,
-               progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, ...]]:
+               progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, ...]]:  # noqa: B008 (gradio's idiom)
         options = dict(zip(OPTION_TYPES, values))
         with shown_in_page():
             for update in handlers.run_drag(session, runs_dir, image, editor, points, options):
@@ -152,16 +152,15 @@ def build_app(
             with gr.Row():
                 order = gr.Radio([("1: DDIM / DDPM", 1), ("2: DPM-Solver++(2M)", 2)], value=drag_defaults.order,
                                  label="Solver order", elem_id="order")
-                paste_back = gr.Checkbox(drag_defaults.paste_back, label="Keep pixels outside the mask exactly",
+                paste_back = gr.Checkbox(drag_defaults.paste_back, label="Keep the input's pixels outside the mask",
                                          elem_id="paste-back")
                 seed_box = gr.Number(seed, precision=0, label="Seed", elem_id="seed")
-        with gr.Accordion("LoRA (fine-tuned once per image, then cached)", open=False):
-            with gr.Row():
-                lora = gr.Checkbox(True, label="Use LoRA", elem_id="lora")
-                lora_steps = gr.Number(lora_defaults.steps, precision=0, minimum=1, label="Training steps",
-                                       elem_id="lora-steps")
-                lora_rank = gr.Number(lora_defaults.rank, precision=0, minimum=1, label="Rank", elem_id="lora-rank")
-                lora_lr = gr.Number(lora_defaults.learning_rate, label="Learning rate", elem_id="lora-lr")
+        with gr.Accordion("LoRA (fine-tuned once per image, then cached)", open=False), gr.Row():
+            lora = gr.Checkbox(True, label="Use LoRA", elem_id="lora")
+            lora_steps = gr.Number(lora_defaults.steps, precision=0, minimum=1, label="Training steps",
+                                   elem_id="lora-steps")
+            lora_rank = gr.Number(lora_defaults.rank, precision=0, minimum=1, label="Rank", elem_id="lora-rank")
+            lora_lr = gr.Number(lora_defaults.learning_rate, label="Learning rate", elem_id="lora-lr")
 
         options = {
             "prompt": prompt, "method": method, "steps": steps, "t0": t0, "step_size": step_size, "radius": radius,

@@ -189,7 +189,8 @@ def run_drag(
     params = drag_cli.drag_params(args)
     lora = drag_cli.lora_settings(args)
 
-    yield RunUpdate(image, 0, 0, "LoRA (trained once per image, then cached) and encoding..." if lora else "Encoding...")
+    start = "LoRA (trained once per image, then cached) and encoding..." if lora else "Encoding..."
+    yield RunUpdate(image, 0, 0, start)
     for result in session.stream(image, sources, targets, mask, args.prompt, params, lora):
         if len(result.frames) < result.moves:
             yield RunUpdate(result.image, len(result.frames), result.moves,
