@@ -220,8 +220,25 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's peak statistics, or (Linux) the process's high-water RSS that ru_maxrss reads."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def current_memory_mb(device: torch.device) -> float:
+    """CUDA's allocated bytes, or the process's resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(status["VmRSS"].split()[0]) / 1024
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: CUDA's max allocated bytes, or the process's max resident set size on CPU."""
+    """Peak memory since the last :func:`reset_peak_memory`: CUDA's max allocated bytes, or the process's max
+    resident set size (``resource.getrusage``) on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

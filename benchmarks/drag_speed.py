@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import multiprocessing
 import tempfile
 import warnings
@@ -34,6 +35,7 @@ from common import (
     PROMPT,
     UNetMeter,
     add_common_arguments,
+    current_memory_mb,
     drag_inputs,
     dragbench_moves,
     load_benchmark_model,
@@ -41,6 +43,7 @@ from common import (
     paper_steps_per_move,
     peak_memory_mb,
     print_table,
+    reset_peak_memory,
     setup,
     timed,
 )
@@ -122,17 +125,17 @@ def measure_drag(model: StableDiffusion, inputs: dict[str, Any], params: DragPar
 
 
 def memory_child(args: argparse.Namespace, dtype: str, queue: multiprocessing.Queue) -> None:
-    """(f) in a fresh process: peak memory after loading the model and after one drag (with its LoRA)."""
+    """(f) in a fresh process: memory held once the model is loaded, and the peak during one drag (with LoRA)."""
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device_resolved)
     model = load_benchmark_model(args.model, device, dtype)
-    loaded = peak_memory_mb(device)
     inputs = drag_inputs(args.resolution, args.moves, model.latent_scale)
     with tempfile.TemporaryDirectory() as folder:
         weights = None if args.no_lora else train_adapter(model, inputs, args.lora_steps, Path(folder))
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        gc.collect()
+        loaded = current_memory_mb(device)
+        reset_peak_memory(device)
         with adapter(model, weights):
             drag(model, params=drag_params(args), **inputs)
     queue.put((loaded, peak_memory_mb(device)))
@@ -234,36 +237,38 @@ def main() -> None:
     print(f"\n(b) measured drag: {first['moves']} move(s) x {params.steps} steps at t0 {params.t0} = "
           f"{paper_steps_per_move(params.steps, params.t0)} decoding steps per move; "
           f"UNet calls counted: {first['calls']} (calls x batch: {first['batches']})")
+    for dtype_runs in runs.values():
+        for run in dtype_runs:
+            run["other"] = run["wall"] - run["unet"] - run["vae"]
+            run["ratio"] = run["wall"] / run["unet"]
     base = median([r["wall"] for r in runs[dtypes[0]]])
-    rows = []
+    steps = paper_steps_per_move()
+    rows, projections = [], []
     for dtype in dtypes:
-        med = {key: median([r[key] for r in runs[dtype]]) for key in ("wall", "unet", "vae", "syncs")}
+        med = {key: median([r[key] for r in runs[dtype]]) for key in ("wall", "unet", "vae", "other", "ratio", "syncs")}
         calls, moves = runs[dtype][0]["calls"], runs[dtype][0]["moves"]
-        other = med["wall"] - med["unet"] - med["vae"]
         loaded, peak = memory.get(dtype, (float("nan"), float("nan")))
         rows.append([
-            dtype, f"{med['wall']:.2f}", f"{med['unet']:.2f}", f"{med['vae']:.2f}", f"{other:.2f}",
-            f"{med['wall'] / med['unet']:.3f}", f"{med['unet'] / calls * 1e3:.0f}", f"{other / calls * 1e3:.1f}",
+            dtype, f"{med['wall']:.2f}", f"{med['unet']:.2f}", f"{med['vae']:.2f}", f"{med['other']:.2f}",
+            f"{med['ratio']:.3f}", f"{med['unet'] / calls * 1e3:.0f}", f"{med['other'] / calls * 1e3:.1f}",
             f"{med['vae'] / moves * 1e3:.0f}", "n/a" if device.type != "cuda" else f"{med['syncs']:.0f}",
             f"{base / med['wall']:.2f}x", f"{loaded:.0f}", f"{peak:.0f}",
         ])
+        per_call, per_move, other_per_call = med["unet"] / calls, med["vae"] / moves, med["other"] / calls
+        projections.append(
+            f"{dtype}: drag/UNet projected to the paper's {steps} calls per move: "
+            f"{1 + (per_move + other_per_call * steps) / (per_call * steps):.4f}"
+        )
     rows += [[dtype, "skipped (no CUDA)", *[""] * 11] for dtype in skipped]
     print_table(
         ["dtype", "drag s", "UNet s", "VAE s", "other s", "drag/UNet", "UNet ms/call", "other ms/call",
-         "VAE ms/move", "host syncs", "speed vs " + dtypes[0], "model MB", "peak MB"],
+         "VAE ms/move", "host syncs", "speed vs " + dtypes[0], "model MB", "drag peak MB"],
         rows,
         f"(a, e, f) {args.model} at {args.resolution}x{args.resolution}, LoRA {'off' if args.no_lora else 'on'}, "
-        f"guidance {args.guidance}, order {args.order}; medians of {args.repeats}; memory: one drag in a fresh "
-        f"process ({'max allocated' if device.type == 'cuda' else 'max RSS'})",
+        f"guidance {args.guidance}, order {args.order}; medians of {args.repeats}; memory in a fresh process: "
+        f"{'allocated' if device.type == 'cuda' else 'resident'} once loaded, and the peak during one drag",
     )
-    for dtype in dtypes:
-        med = {key: median([r[key] for r in runs[dtype]]) for key in ("wall", "unet", "vae")}
-        calls, moves = runs[dtype][0]["calls"], runs[dtype][0]["moves"]
-        per_call, per_move = med["unet"] / calls, med["vae"] / moves
-        other_per_call = (med["wall"] - med["unet"] - med["vae"]) / calls
-        steps = paper_steps_per_move()
-        projected = 1 + (per_move + other_per_call * steps) / (per_call * steps)
-        print(f"{dtype}: projected drag/UNet at the paper's {steps} calls per move: {projected:.4f}")
+    print("\n".join(projections))
 
     if args.compile:
         measure_compile(models[dtypes[0]], inputs, args, device, folder)

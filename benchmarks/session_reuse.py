@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--steps", type=int, default=5, help="drag steps (default: %(default)s, paper: 200)")
     parser.add_argument("--moves", type=int, default=1)
-    parser.add_argument("--lora-steps", type=int, default=5, help="LoRA training steps (default: %(default)s; paper 100)")
+    parser.add_argument("--lora-steps", type=int, default=5, help="LoRA steps (default: %(default)s, paper: 100)")
     args = parser.parse_args()
     device = setup(args)
     work = Path(tempfile.mkdtemp(prefix="session-reuse-"))

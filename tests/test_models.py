@@ -81,9 +81,13 @@ def test_pixel_unet_pipeline_loads_and_predicts(tmp_path):
         sample_size=16, block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=8,
     )
-    DDPMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(SD_SCHEDULER_CONFIG)).save_pretrained(tmp_path / "px")
+    scheduler = DDIMScheduler(beta_schedule="linear", prediction_type="v_prediction", timestep_spacing="trailing")
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path / "px")
     model = load_model(str(tmp_path / "px"), "cpu", "float64")
     assert isinstance(model, PixelUNet) and model.latent_scale == 1
+    assert model.prediction_type == "v_prediction"  # read from scheduler/scheduler_config.json
+    assert torch.allclose(model.schedule.alphas_cumprod, scheduler.alphas_cumprod.double())
+    assert int(model.schedule.grid(10).timesteps[0]) == 999  # trailing spacing
     image = torch.rand(1, 3, 16, 16) * 2 - 1
     assert torch.equal(model.decode_latent(model.encode_image(image)), image.double())
     eps = model.predict_eps(model.encode_image(image), 250)

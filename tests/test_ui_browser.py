@@ -86,15 +86,10 @@ def test_drag_in_the_browser(page, server, tmp_path):
     Image.new("RGB", (1100, 1000)).save(tmp_path / "huge.png")
     page.goto(server)
 
-    # few steps and no LoRA, for speed
-    page.locator("#prompt textarea").fill("a photo")
+    # open the parameter panels now; their widgets are set at the end, long after they have mounted
+    # (typing into a widget in the instant after it mounts can be lost)
     page.get_by_text("Drag parameters").click()
-    steps = page.locator("#steps input[type=number]")
-    steps.fill("10")
-    steps.blur()
-    expect(page.locator("#steps input[type=range]")).to_have_value("10")
     page.get_by_text("LoRA (fine-tuned").click()
-    page.locator("#lora input[type=checkbox]").uncheck()
 
     upload(page, tmp_path / "huge.png")  # over the default 1024x1024 pixels: a message, no traceback
     expect_message(page, "1100x1000 (1.10 megapixels), more than the limit")
@@ -125,6 +120,14 @@ def test_drag_in_the_browser(page, server, tmp_path):
         expect(status).to_contain_text(expected, timeout=30_000)
         wait_for_new_view(page, shown)
 
+    # few steps and no LoRA, for speed
+    page.locator("#prompt textarea").fill("a photo")
+    steps = page.locator("#steps input[type=number]")
+    steps.fill("10")
+    steps.blur()
+    expect(page.locator("#steps input[type=range]")).to_have_value("10")
+    page.locator("#lora input[type=checkbox]").uncheck()
+
     page.locator("#run-button").click()
     expect(page.locator("#run-status")).to_contain_text("Done", timeout=180_000)
     natural = page.wait_for_function(
@@ -149,6 +152,7 @@ def test_drag_in_the_browser(page, server, tmp_path):
 
 
 def upload(page, path: Path) -> None:
+    """Upload ``path`` through the page's upload button."""
     with page.expect_file_chooser() as chooser:
         page.locator("#upload").click()
     chooser.value.set_files(path)

@@ -6,7 +6,13 @@ import warnings
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DModel
+from diffusers import (
+    DDIMScheduler,
+    DiffusionPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    UNet2DModel,
+)
 
 from sdedrag.errors import InputError, ModelLoadError
 from sdedrag.models.base import DiffusionModel
@@ -82,7 +88,7 @@ def load_model(
     unet_class = (index.get("unet") or [None, None])[1]
     if unet_class == "UNet2DModel":
         unet = UNet2DModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dtype)
-        scheduler_config = dict(DiffusionPipeline.load_config(model_id, subfolder="scheduler"))
+        scheduler_config = dict(DDIMScheduler.load_config(model_id, subfolder="scheduler"))
         return PixelUNet(unet.to(device).eval(), scheduler_config, name=name)
     if unet_class == "UNet2DConditionModel":
         inpainting = "Inpaint" in index.get("_class_name", "")

@@ -30,9 +30,11 @@ MASK_MARGIN = 2
 """Pixels the editable area extends beyond the shape's footprints at source and target."""
 SUCCESS_DISTANCE = 2.0
 """A drag succeeds when the shape is found within this many pixels of the target and is not duplicated."""
-SHAPES_DRAG = DragParams(steps=100, paste_back=False, guidance=1.0)
-"""Drag settings for the pixel-space shapes model: the paper's t0, step size and patch scaling; the mask
-rule alone keeps every pixel outside the mask exact in pixel space, so there is nothing to paste back."""
+SHAPES_DRAG = DragParams(steps=100, t0=0.3, paste_back=False, guidance=1.0)
+"""Drag settings for the pixel-space shapes model: the paper's step size and patch scaling, and t0 = 0.3,
+where this model's linear schedule keeps alpha-bar 0.39 (the paper's t0 = 0.6 is on SD's scaled-linear
+schedule, alpha-bar 0.19; here 0.6 would leave 0.03 and wash the pasted patch out). The mask rule alone
+keeps every pixel outside the mask exact in pixel space, so there is nothing to paste back."""
 
 
 @dataclass(frozen=True)
