@@ -33,7 +33,7 @@ SUCCESS_DISTANCE = 2.0
 SHAPES_DRAG = DragParams(steps=100, t0=0.3, paste_back=False, guidance=1.0)
 """Drag settings for the pixel-space shapes model: the paper's step size and patch scaling, and t0 = 0.3,
 where this model's linear schedule keeps alpha-bar 0.39 (the paper's t0 = 0.6 is on SD's scaled-linear
-schedule, alpha-bar 0.19; here 0.6 would leave 0.03 and wash the pasted patch out). The mask rule alone
+schedule, alpha-bar 0.16; here 0.6 would leave 0.03 and wash the pasted patch out). The mask rule alone
 keeps every pixel outside the mask exact in pixel space, so there is nothing to paste back."""
 
 
