@@ -13,7 +13,6 @@ import argparse
 import datetime
 import os
 import platform
-import resource
 import statistics
 import time
 from collections import Counter
@@ -228,20 +227,25 @@ def reset_peak_memory(device: torch.device) -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
+def _proc_status_mb(key: str) -> float:
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(status[key].split()[0]) / 1024
+
+
 def current_memory_mb(device: torch.device) -> float:
     """CUDA's allocated bytes, or the process's resident set size on CPU."""
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device) / 2**20
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    return int(status["VmRSS"].split()[0]) / 1024
+    return _proc_status_mb("VmRSS")
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory since the last :func:`reset_peak_memory`: CUDA's max allocated bytes, or the process's max
-    resident set size (``resource.getrusage``) on CPU."""
+    """Peak memory since the last :func:`reset_peak_memory`: CUDA's max allocated bytes, or on CPU the process's
+    high-water resident set size (VmHWM: the counter behind ``resource.getrusage``'s ru_maxrss, which however
+    also keeps the peaks of exited threads, so it cannot be reset)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return _proc_status_mb("VmHWM")
 
 
 def median(values: Sequence[float]) -> float:

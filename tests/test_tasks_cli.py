@@ -11,7 +11,6 @@ from PIL import Image
 from sdedrag.cli import main
 from tests.conftest import smooth_image
 from tests.test_cli import leftovers, run_cli
-from tests.test_tasks import one_torch_thread  # noqa: F401 - autouse fixture, shared
 
 
 @pytest.fixture
