@@ -26,7 +26,6 @@ from common import (
     dragbench_moves,
     load_benchmark_model,
     median,
-    paper_steps_per_move,
     print_table,
     setup,
     timed,
@@ -35,14 +34,14 @@ from sdedrag.bench.formats import list_cases, load_case
 from sdedrag.tasks.common import model_size
 
 
-def share_groups(dataset: Path, latent_scale: int = 8) -> list[int]:
-    """Sizes of the groups of cases that could share every UNet call: same latent size and number of moves."""
+def share_groups(dataset: Path, latent_scale: int = 8) -> dict[tuple[int, int], list[int]]:
+    """Move counts of the cases, grouped by latent size (only cases of one size can share a UNet call)."""
     moves = dragbench_moves(dataset)
-    keys = Counter()
+    groups: dict[tuple[int, int], list[int]] = {}
     for ref in list_cases(dataset):
         width, height = model_size(*load_case(ref).image.size, latent_scale)
-        keys[(width // latent_scale, height // latent_scale, moves[ref.id])] += 1
-    return sorted(keys.values(), reverse=True)
+        groups.setdefault((width // latent_scale, height // latent_scale), []).append(moves[ref.id])
+    return groups
 
 
 def batched_seconds(group: int, per_call: dict[int, float]) -> float:
@@ -85,14 +84,19 @@ def main() -> None:
 
     if args.dataset.is_dir():
         groups = share_groups(args.dataset)
-        alone = sum(groups) * per_call[1]
-        together = sum(batched_seconds(g, per_call) for g in groups)
-        shared = sum(g for g in groups if g > 1)
-        print(f"\n{args.dataset.name}: {sum(groups)} cases in {len(groups)} groups of equal latent size and move count "
-              f"(sizes {groups}); {shared} cases have a partner. With the batch sizes above, --no-lora runs would "
-              f"spend {together / alone:.2f}x the UNet time of one case at a time ({alone / together:.2f}x faster); "
-              f"with per-image LoRA (the paper's setting) no call can be shared. "
-              f"({paper_steps_per_move()} calls per move at the paper's settings.)")
+        alone = sum(sum(moves) for moves in groups.values()) * per_call[1]
+        exact = Counter((size, m) for size, moves in groups.items() for m in moves)  # same size and move count
+        same_moves = sum(batched_seconds(count, per_call) * m for (_, m), count in exact.items())
+        # Same size, any move count: move j is shared by the cases that have more than j moves.
+        overlap = sum(
+            batched_seconds(sum(m > j for m in moves), per_call) for moves in groups.values() for j in range(max(moves))
+        )
+        cases = sum(len(moves) for moves in groups.values())
+        print(f"\n{args.dataset.name}: {cases} cases, {len(groups)} latent sizes, {len(exact)} (size, moves) groups "
+              f"(sizes {sorted(exact.values(), reverse=True)}). UNet time with the batch sizes above against one case "
+              f"at a time, without LoRA: {same_moves / alone:.2f}x when a group shares every call (same size and "
+              f"moves), {overlap / alone:.2f}x when cases of one size share the moves they have in common. With "
+              "per-image LoRA (the paper's setting) no call can be shared: 1.00x.")
 
 
 if __name__ == "__main__":

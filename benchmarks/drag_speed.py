@@ -7,9 +7,11 @@
     rest (solver, copy-and-paste, paste-back, conversions) apart; (e) per dtype; (f) peak memory of one drag
     in a fresh process per dtype. On CUDA, wall times come from a run without timers and the host
     synchronisations per drag are counted (torch.cuda.set_sync_debug_mode).
---compile: torch.compile's compile time and per-call speed against eager, and its recompiles with LoRA.
+--compile (instead of the above): torch.compile's compile time, its per-call speed against eager, and the
+    recompiles a LoRA adapter and changing adapter scales cause; --freezing adds inductor's weight freezing.
 
     python benchmarks/drag_speed.py                                   # CPU: sd15-random, 128 px, 5 steps
+    python benchmarks/drag_speed.py --compile --dtypes float32        # torch.compile only
     python benchmarks/drag_speed.py --model stable-diffusion-v1-5/stable-diffusion-v1-5 --resolution 512 \\
         --steps 200 --moves 4 --lora-steps 100 --device cuda           # GPU, the paper's settings
 """
@@ -149,12 +151,15 @@ def measure_compile(model: StableDiffusion, inputs: dict[str, Any], args: argpar
                     device: torch.device, folder: Path) -> None:
     """torch.compile of the UNet: compile time, per-call time against eager, recompiles once LoRA is in."""
     from torch._dynamo.utils import counters
+    from torch._inductor import config as inductor_config
 
     latent_hw = args.resolution // model.latent_scale
     x = torch.randn(4, 4, latent_hw, latent_hw, device=device, dtype=model.dtype)
     embeddings = model.condition(PROMPT).cond.expand(4, -1, -1)
     timestep = torch.tensor(500, device=device)
     eager = model.unet
+    if args.freezing:
+        inductor_config.freezing = True  # weights become constants: prepacked for oneDNN on CPU
     compiled = torch.compile(eager)
 
     def call(unet: torch.nn.Module) -> float:
@@ -180,7 +185,8 @@ def measure_compile(model: StableDiffusion, inputs: dict[str, Any], args: argpar
     ]]
     print_table(["compile s", "eager ms/call", "compiled ms/call", "speedup", "first call with LoRA s",
                  "graphs added by LoRA + 3 scales"], rows,
-                f"torch.compile (default mode) of the UNet, batch 4, {model.dtype}")
+                f"torch.compile (default mode{', freezing' if args.freezing else ''}) of the UNet, batch 4, "
+                f"{model.dtype}, medians of {args.repeats}")
 
 
 def main() -> None:
@@ -197,10 +203,17 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "float16"])
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET, help="DragBench-D folder for (b)")
     parser.add_argument("--no-memory", action="store_true", help="skip (f), one extra drag per dtype")
-    parser.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
+    parser.add_argument("--compile", action="store_true", help="measure torch.compile instead (slow to compile)")
+    parser.add_argument("--freezing", action="store_true", help="with --compile: inductor's freezing")
     args = parser.parse_args()
     device = setup(args)
     args.device_resolved = str(device)
+    if args.compile:
+        model = load_benchmark_model(args.model, device, args.dtypes[0])
+        inputs = drag_inputs(args.resolution, args.moves, model.latent_scale)
+        with tempfile.TemporaryDirectory() as folder:
+            measure_compile(model, inputs, args, device, Path(folder))
+        return
     if args.dataset.is_dir():
         dragbench_calls(args.dataset)
     params = drag_params(args)
@@ -209,6 +222,8 @@ def main() -> None:
     skipped = [d for d in args.dtypes if d not in dtypes]
     models = {dtype: load_benchmark_model(args.model, device, dtype) for dtype in dtypes}
     inputs = drag_inputs(args.resolution, args.moves, next(iter(models.values())).latent_scale)
+    processors = {type(p).__name__ for m in models.values() for p in m.unet.attn_processors.values()}
+    print(f"\nattention processors: {', '.join(sorted(processors))} (AttnProcessor2_0 = torch SDPA)")
     folder = Path(tempfile.mkdtemp(prefix="drag-speed-"))
     weights = {
         dtype: None if args.no_lora else train_adapter(model, inputs, args.lora_steps, folder / dtype)
@@ -269,9 +284,6 @@ def main() -> None:
         f"{'allocated' if device.type == 'cuda' else 'resident'} once loaded, and the peak during one drag",
     )
     print("\n".join(projections))
-
-    if args.compile:
-        measure_compile(models[dtypes[0]], inputs, args, device, folder)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,17 @@ def test_one_batched_unet_call_per_step_and_no_text_encoding(tiny32, method, gui
     assert all(kwargs.get("cross_attention_kwargs") is None for kwargs in unet.kwargs)
 
 
+def test_attention_runs_on_pytorch_sdpa_with_and_without_lora(tmp_path, tiny32):
+    def processors() -> set[str]:
+        return {type(p).__name__ for p in tiny32.unet.attn_processors.values()}
+
+    assert processors() == {"AttnProcessor2_0"}
+    settings = LoraSettings(steps=1)
+    weights = save_lora(tmp_path, train_lora(tiny32, smooth_image(32, 32), PROMPT, settings, False), settings)
+    with lora_applied(tiny32, weights):
+        assert processors() == {"AttnProcessor2_0"}
+
+
 def test_guided_embeddings_are_built_once(tiny32):
     cond = tiny32.condition(PROMPT)
     embeddings, extra = cond.guided()
