@@ -18,7 +18,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-
 from common import (
     DEFAULT_DATASET,
     PROMPT,
@@ -30,6 +29,7 @@ from common import (
     setup,
     timed,
 )
+
 from sdedrag.bench.formats import list_cases, load_case
 from sdedrag.tasks.common import model_size
 

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from common import (
     DEFAULT_DATASET,
     PAPER,
@@ -49,9 +48,11 @@ from common import (
     setup,
     timed,
 )
+
 from sdedrag.lora import LoraSettings, lora_applied, save_lora, train_lora
 from sdedrag.models import StableDiffusion
 from sdedrag.tasks.drag import DragParams, drag
+
 
 def dragbench_calls(dataset: Path) -> None:
     """(b): moves and UNet calls per case at the paper's settings, from the cases' real point layouts."""
@@ -224,19 +225,18 @@ def main() -> None:
     inputs = drag_inputs(args.resolution, args.moves, next(iter(models.values())).latent_scale)
     processors = {type(p).__name__ for m in models.values() for p in m.unet.attn_processors.values()}
     print(f"\nattention processors: {', '.join(sorted(processors))} (AttnProcessor2_0 = torch SDPA)")
-    folder = Path(tempfile.mkdtemp(prefix="drag-speed-"))
-    weights = {
-        dtype: None if args.no_lora else train_adapter(model, inputs, args.lora_steps, folder / dtype)
-        for dtype, model in models.items()
-    }
-    for dtype, model in models.items():  # warm-up: one-time kernel and allocator set-up is not the drag's cost
-        with adapter(model, weights[dtype]):
-            drag(model, params=DragParams(steps=2, t0=1.0, guidance=args.guidance), **inputs)
-
     runs: dict[str, list[dict[str, float]]] = {dtype: [] for dtype in dtypes}
-    for _ in range(args.repeats):
-        for dtype, model in models.items():
-            runs[dtype].append(measure_drag(model, inputs, params, weights[dtype], device))
+    with tempfile.TemporaryDirectory(prefix="drag-speed-") as folder:
+        weights = {
+            dtype: None if args.no_lora else train_adapter(model, inputs, args.lora_steps, Path(folder) / dtype)
+            for dtype, model in models.items()
+        }
+        for dtype, model in models.items():  # warm-up: one-time kernel and allocator set-up is not the drag's cost
+            with adapter(model, weights[dtype]):
+                drag(model, params=DragParams(steps=2, t0=1.0, guidance=args.guidance), **inputs)
+        for _ in range(args.repeats):
+            for dtype, model in models.items():
+                runs[dtype].append(measure_drag(model, inputs, params, weights[dtype], device))
 
     memory = {}
     if not args.no_memory:

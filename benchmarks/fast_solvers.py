@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import DEFAULT_DATASET, UNetMeter, environment_line, median, print_table
+
 from sdedrag.bench.formats import list_cases, load_case, resize_case
 from sdedrag.engine import cosine_ramp, decode, encode, linear_ramp
 from sdedrag.models import PixelUNet, load_model

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import (
     RANDOM_SD15,
     UNetMeter,
@@ -38,6 +37,7 @@ from common import (
     setup,
     synchronize,
 )
+
 from sdedrag.lora import LoraCache, LoraSettings
 from sdedrag.models import load_model
 from sdedrag.session import DragSession
