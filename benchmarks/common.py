@@ -28,14 +28,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import diffusers  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 from sdedrag.bench.formats import list_cases, load_case  # noqa: E402
 from sdedrag.engine.schedule import SD_SCHEDULER_CONFIG, NoiseSchedule  # noqa: E402
 from sdedrag.models import StableDiffusion, load_model, resolve_device, resolve_dtype  # noqa: E402
-from sdedrag.models.tiny import build_tiny_tokenizer  # noqa: E402
+from sdedrag.models.tiny import assemble_pipeline, build_tiny_tokenizer  # noqa: E402
 from sdedrag.tasks.common import model_size  # noqa: E402
 from sdedrag.tasks.drag import DragParams, move_count, to_latent_points  # noqa: E402
 
@@ -104,18 +104,7 @@ def build_sd15_random_pipeline(dtype: torch.dtype = torch.float32, seed: int = 0
                 pad_token_id=1,
             )
         )
-    for module in (unet, vae, text_encoder):
-        torch.nn.Module.to(module.eval(), dtype=dtype)
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=DDIMScheduler.from_config(SD_SCHEDULER_CONFIG),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return assemble_pipeline(unet, vae, text_encoder, tokenizer, dtype)
 
 
 def load_benchmark_model(model_id: str, device: str | torch.device, dtype: str | torch.dtype) -> StableDiffusion:

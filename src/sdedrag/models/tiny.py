@@ -77,6 +77,18 @@ def build_tiny_pipeline(
                 pad_token_id=1,
             )
         )
+    return assemble_pipeline(unet, vae, text_encoder, tokenizer, dtype, inpainting)
+
+
+def assemble_pipeline(
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+    dtype: torch.dtype = torch.float32,
+    inpainting: bool = False,
+) -> StableDiffusionPipeline | StableDiffusionInpaintPipeline:
+    """Freshly built components cast to ``dtype`` and put together with SD's DDIM scheduler config."""
     for module in (unet, vae, text_encoder):
         # A plain parameter cast: diffusers' ModelMixin.to warns about fp32-kept modules, which these lack.
         torch.nn.Module.to(module.eval(), dtype=dtype)
