@@ -41,62 +41,101 @@ def _floor(values: Any) -> np.ndarray:
     return np.maximum(np.array([np.nan if v is None else v for v in values], dtype=float), FLOOR)
 
 
-def kl_vs_time(results: dict[str, Any], path: Path) -> None:
-    """KL(p~_t || p_t) against t for every t0 (rows) and prior (columns): ODE, SDE, Cycle-SDE, continuous time."""
-    studies = results["kl_vs_time"]
-    names = list(studies[0]["priors"])
-    fig, axes = plt.subplots(len(studies), len(names), figsize=(3.3 * len(names), 2.9 * len(studies) + 0.9),
-                             sharey=True, squeeze=False)
-    for row, study in enumerate(studies):
-        t = np.asarray(study["timesteps"], dtype=float)
-        cycle_t, cont_t = t[study["cycle_levels"]], t[study["continuous_levels"]]
-        for col, name in enumerate(names):
-            ax, entry = axes[row, col], study["priors"][name]
-            ax.plot(t, _floor(entry["ode"]), color=COLORS["ode"], lw=2.0)
-            ax.plot(cont_t, _floor(entry["continuous_ode"]), ls="none", marker="o", ms=2.2, color="black")
-            ax.plot(t, _floor(entry["sde"]), color=COLORS["sde"], lw=2.0)
-            ax.plot(t, _floor(entry["continuous_sde_prediction"]), color="black", lw=0.8, ls="--")
-            value, se = np.asarray(entry["cycle_sde"]["value"]), np.asarray(entry["cycle_sde"]["se"])
-            ax.fill_between(cycle_t, _floor(value - 2 * se), _floor(value + 2 * se), color=COLORS["cycle_sde"],
-                            alpha=0.25, lw=0)
-            ax.plot(cycle_t, _floor(value), ls="none", marker="o", ms=2.5, color=COLORS["cycle_sde"])
-            if "cycle_sde_ode_record" in entry:
-                ax.plot(cycle_t, _floor(entry["cycle_sde_ode_record"]["value"]), ls="none", marker="x", ms=3,
-                        color=COLORS["contrast"])
-            ax.set_yscale("log")
-            ax.set_xlim(t[0], 0)
-            ax.grid(True, which="major", alpha=0.3)
-            ratios = results["contraction"][row]["ratios"].get(name)
-            if ratios is not None:
-                note = (f"end / start:\nODE {ratios['ode']:.3f}\nSDE {ratios['sde']:.2g}\n"
-                        f"Cycle {ratios['cycle_sde']['value']:.2g} ± {2 * ratios['cycle_sde']['se']:.1g}")
-            else:
-                gap = entry["cycle_sde_record_gap"]
-                note = f"Cycle-SDE returns\nthe record exactly\n(max |x̃₀ − x₀| = {gap:.0e})"
-            ax.text(0.03, 0.04, note, transform=ax.transAxes, ha="left", va="bottom", fontsize=7,
-                    bbox={"fc": "white", "ec": "none", "alpha": 0.85})
-            if row == 0:
-                ax.set_title(_prior_label(name, results), fontsize=9)
-            if row == len(studies) - 1:
-                ax.set_xlabel("timestep t  (reverse time →)")
-            if col == 0:
-                ax.set_ylabel(f"$t_0$ = {t0_label(study['t0'])}\nKL($\\tilde p_t$ ‖ $p_t$) [nats]")
-    axes[0, 0].set_ylim(FLOOR, None)
-    handles = [
+def estimator_floors(study: dict[str, Any]) -> tuple[float, np.ndarray]:
+    """What the unedited (true-prior) run of one t0 measures: the particle estimator's floor (the largest
+    Cycle-SDE estimate + 2 se, whose true value is 0) and the DDPM chain's own KL along t."""
+    true = study["priors"]["true"]["cycle_sde"]
+    particle_floor = float(np.max(np.asarray(true["value"]) + 2 * np.asarray(true["se"])))
+    return particle_floor, _floor(study["priors"]["true"]["sde"])
+
+
+def _kl_panel(ax: Any, study: dict[str, Any], name: str, marker_every: int) -> None:
+    """One KL-along-time panel: exact ODE and SDE, continuous-time checks, Cycle-SDE particles and the floors."""
+    entry = study["priors"][name]
+    t = np.asarray(study["timesteps"], dtype=float)
+    cycle_t, cont_t = t[study["cycle_levels"]], t[study["continuous_levels"]]
+    particle_floor, chain_error = estimator_floors(study)
+    ax.axhspan(FLOOR, particle_floor, color="0.88", zorder=0, lw=0)
+    ax.plot(t, chain_error, color="0.45", lw=1.0, ls=":", zorder=1)
+    ax.plot(t, _floor(entry["sde"]), color=COLORS["sde"], lw=2.2, zorder=3)
+    ax.plot(t, _floor(entry["continuous_sde_prediction"]), color="black", lw=0.8, ls="--", zorder=4)
+    ax.plot(t, _floor(entry["ode"]), color=COLORS["ode"], lw=2.2, zorder=3)
+    ax.plot(cont_t[::marker_every], _floor(entry["continuous_ode"])[::marker_every], ls="none", marker="o", ms=4,
+            mfc="white", mec="black", mew=0.8, zorder=5)
+    value, se = np.asarray(entry["cycle_sde"]["value"]), np.asarray(entry["cycle_sde"]["se"])
+    above = value - 2 * se > particle_floor  # resolved by the particles; the rest is drawn as a floor hit
+    ax.errorbar(cycle_t[above], value[above], yerr=2 * se[above], ls="none", marker="o", ms=3,
+                color=COLORS["cycle_sde"], elinewidth=0.8, zorder=6)
+    ax.plot(cycle_t[~above], np.full(int((~above).sum()), particle_floor), ls="none", marker="v", ms=3.5,
+            mfc="white", color=COLORS["cycle_sde"], zorder=6)
+    if "cycle_sde_ode_record" in entry:
+        ax.plot(cycle_t, _floor(entry["cycle_sde_ode_record"]["value"]), ls="none", marker="x", ms=3,
+                color=COLORS["contrast"], zorder=5)
+    ax.set_yscale("log")
+    ax.set_xlim(t[0], 0)
+    ax.set_ylim(FLOOR, 5.0)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _ratio_note(ratios: dict[str, Any]) -> str:
+    cycle = ratios["cycle_sde"]
+    return (f"KL at t = 0 / KL at $t_0$:\nODE {ratios['ode']:.3f}\nSDE {ratios['sde']:.2g}\n"
+            f"Cycle-SDE {cycle['value']:.2g} ± {2 * cycle['se']:.1g}")
+
+
+def _legend_handles() -> list[Any]:
+    return [
         Line2D([], [], color=COLORS["ode"], lw=2, label="ODE (DDIM), exact"),
-        Line2D([], [], color="black", ls="none", marker="o", ms=3, label="continuous-time ODE"),
+        Line2D([], [], ls="none", marker="o", ms=4, mfc="white", mec="black", label="continuous-time ODE (check)"),
         Line2D([], [], color=COLORS["sde"], lw=2, label="SDE (DDPM), exact"),
-        Line2D([], [], color="black", lw=0.8, ls="--", label="continuous-time SDE: KL$(t_0)$ − ½∫F dlog ᾱ"),
-        Line2D([], [], color=COLORS["cycle_sde"], ls="none", marker="o", ms=4,
-               label="Cycle-SDE, particles ± 2 se (floor ~1e-3 from particle noise)"),
-        Line2D([], [], color=COLORS["contrast"], ls="none", marker="x", ms=4,
-               label="Cycle-SDE, DDIM-inverted record"),
+        Line2D([], [], color="black", lw=0.8, ls="--", label="continuous-time SDE: KL$(t_0)$ − ½∫F dlog ᾱ (check)"),
+        Line2D([], [], color=COLORS["cycle_sde"], ls="none", marker="o", ms=4, label="Cycle-SDE, particles ± 2 se"),
+        Line2D([], [], color=COLORS["cycle_sde"], ls="none", marker="v", ms=4, mfc="white",
+               label="Cycle-SDE estimate inside the floor"),
+        Line2D([], [], color=COLORS["contrast"], ls="none", marker="x", ms=4, label="Cycle-SDE, DDIM-inverted record"),
+        Patch(color="0.88", label="particle-estimator floor (an unedited run measures up to here)"),
+        Line2D([], [], color="0.45", lw=1.0, ls=":", label="DDPM chain's own error with no edit (the rise near t = 0)"),
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=8, frameon=False)
+
+
+def kl_vs_time(results: dict[str, Any], path: Path) -> None:
+    """The headline (KL along t for the example prior at the first t0) above the detailed grid (every t0 and
+    edited prior); the unedited run's values are drawn as the estimator's and the chain's floors."""
+    studies = results["kl_vs_time"]
+    names = [name for name in studies[0]["priors"] if name != "true"]
+    fig = plt.figure(figsize=(3.4 * len(names), 5.2 + 2.5 * len(studies)))
+    grid = fig.add_gridspec(1 + len(studies), len(names), height_ratios=(2.4, *[1.0] * len(studies)),
+                            hspace=0.42, wspace=0.07)
+    main = fig.add_subplot(grid[0, :])
+    headline = studies[0]
+    _kl_panel(main, headline, "example", marker_every=4)
+    ratios = results["contraction"][0]["ratios"]["example"]
+    main.text(0.015, 0.05, _ratio_note(ratios), transform=main.transAxes, ha="left", va="bottom", fontsize=10,
+              bbox={"fc": "white", "ec": "0.7", "alpha": 0.9})
+    main.set_ylabel("KL($\\tilde p_t$ ‖ $p_t$) [nats]")
+    main.set_xlabel("timestep t  (reverse time →)")
+    main.set_title(f"{_prior_label('example', results)}, $t_0$ = {t0_label(headline['t0'])}: the SDE shrinks the "
+                   f"gap to {ratios['sde']:.2g} of its start, the ODE keeps {ratios['ode']:.2f} of it", fontsize=11)
+    main.set_ylim(FLOOR, 1e3)  # room for the legend above the curves
+    main.legend(handles=_legend_handles(), loc="upper right", fontsize=8, ncol=2, framealpha=0.9)
+    for row, study in enumerate(studies, start=1):
+        for col, name in enumerate(names):
+            ax = fig.add_subplot(grid[row, col])
+            _kl_panel(ax, study, name, marker_every=8)
+            ax.text(0.03, 0.04, _ratio_note(results["contraction"][row - 1]["ratios"][name]), transform=ax.transAxes,
+                    ha="left", va="bottom", fontsize=6.5, bbox={"fc": "white", "ec": "none", "alpha": 0.85})
+            if row == 1:
+                ax.set_title(_prior_label(name, results), fontsize=9)
+            if row == len(studies):
+                ax.set_xlabel("timestep t")
+            if col == 0:
+                ax.set_ylabel(f"$t_0$ = {t0_label(study['t0'])}\nKL [nats]")
+            else:
+                ax.tick_params(labelleft=False)
     fig.suptitle("Prior gap along time: the SDE contracts it, the ODE keeps it (exact scores, SD's VP schedule)",
-                 fontsize=12)
-    fig.subplots_adjust(left=0.065, right=0.99, bottom=0.1, top=0.91, wspace=0.06, hspace=0.3)
-    fig.savefig(path, dpi=130)
+                 fontsize=13)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.04, top=0.94)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
