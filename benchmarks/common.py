@@ -36,8 +36,9 @@ from sdedrag.bench.formats import list_cases, load_case  # noqa: E402
 from sdedrag.engine.schedule import SD_SCHEDULER_CONFIG, NoiseSchedule  # noqa: E402
 from sdedrag.models import StableDiffusion, load_model, resolve_device, resolve_dtype  # noqa: E402
 from sdedrag.models.tiny import assemble_pipeline, build_tiny_tokenizer  # noqa: E402
+from sdedrag.settings import DragParams  # noqa: E402
 from sdedrag.tasks.common import model_size  # noqa: E402
-from sdedrag.tasks.drag import DragParams, move_count, to_latent_points  # noqa: E402
+from sdedrag.tasks.drag import move_count, to_latent_points  # noqa: E402
 
 RANDOM_SD15 = "sd15-random"
 PAPER = DragParams()

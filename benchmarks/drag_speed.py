@@ -51,7 +51,8 @@ from common import (
 
 from sdedrag.lora import LoraSettings, lora_applied, save_lora, train_lora
 from sdedrag.models import StableDiffusion
-from sdedrag.tasks.drag import DragParams, drag
+from sdedrag.settings import DragParams
+from sdedrag.tasks.drag import DragRequest, drag
 
 
 def dragbench_calls(dataset: Path) -> None:
@@ -112,7 +113,7 @@ def measure_drag(model: StableDiffusion, inputs: dict[str, Any], params: DragPar
     wall time and its host synchronisations."""
     meter = UNetMeter(device)
     with adapter(model, weights), meter.attach(model.unet), vae_timer(model, device) as vae:
-        wall, result = timed(lambda: drag(model, params=params, **inputs), device)
+        wall, result = timed(lambda: drag(model, DragRequest(**inputs, params=params)), device)
     record = {"wall": wall, "unet": meter.seconds, "vae": vae[0], "calls": meter.calls,
               "batches": meter.batch_summary(), "moves": result.moves, "syncs": float("nan")}
     if device.type == "cuda":
@@ -120,7 +121,7 @@ def measure_drag(model: StableDiffusion, inputs: dict[str, Any], params: DragPar
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                record["wall"], _ = timed(lambda: drag(model, params=params, **inputs), device)
+                record["wall"], _ = timed(lambda: drag(model, DragRequest(**inputs, params=params)), device)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         record["syncs"] = sum("synchroniz" in str(w.message) for w in caught)
@@ -140,7 +141,7 @@ def memory_child(args: argparse.Namespace, dtype: str, queue: multiprocessing.Qu
         loaded = current_memory_mb(device)
         reset_peak_memory(device)
         with adapter(model, weights):
-            drag(model, params=drag_params(args), **inputs)
+            drag(model, DragRequest(**inputs, params=drag_params(args)))
     queue.put((loaded, peak_memory_mb(device)))
 
 
@@ -233,7 +234,7 @@ def main() -> None:
         }
         for dtype, model in models.items():  # warm-up: one-time kernel and allocator set-up is not the drag's cost
             with adapter(model, weights[dtype]):
-                drag(model, params=DragParams(steps=2, t0=1.0, guidance=args.guidance), **inputs)
+                drag(model, DragRequest(**inputs, params=DragParams(steps=2, t0=1.0, guidance=args.guidance)))
         for _ in range(args.repeats):
             for dtype, model in models.items():
                 runs[dtype].append(measure_drag(model, inputs, params, weights[dtype], device))

@@ -30,10 +30,12 @@ from common import DEFAULT_DATASET, UNetMeter, environment_line, median, print_t
 from sdedrag.bench.formats import list_cases, load_case, resize_case
 from sdedrag.engine import cosine_ramp, decode, encode, linear_ramp
 from sdedrag.models import PixelUNet, load_model
-from sdedrag.shapes.bench import SHAPES_DRAG, drag_record, make_drag_case, model_resolution, run_drag
+from sdedrag.settings import DragParams
+from sdedrag.shapes.bench import drag_record, make_drag_case, model_resolution, run_drag
 from sdedrag.shapes.metrics import bootstrap_ci
+from sdedrag.shapes.settings import SHAPES_DRAG
 from sdedrag.tasks.common import image_to_latent
-from sdedrag.tasks.drag import DragParams, drag
+from sdedrag.tasks.drag import DragRequest, drag
 
 METHODS = ("sde", "ode")
 
@@ -100,7 +102,7 @@ def proxy(model, settings: list[tuple[int, int]], dataset: Path, cases: int, res
                 params = DragParams(method=method, order=setting[0], steps=setting[1], seed=seed, paste_back=False)
                 meter = UNetMeter(model.device, timed=False)
                 with meter.attach(model.unet):
-                    result = drag(model, case.image, case.sources, case.targets, case.mask, case.prompt, params)
+                    result = drag(model, DragRequest(case.image, case.sources, case.targets, case.mask, case.prompt, params))
                 if seed == 0:
                     calls[setting] += meter.calls
                 return result.latent

@@ -26,6 +26,7 @@ import torch
 from scipy.stats import wasserstein_distance
 
 from sdedrag.models import GaussianMixture
+from sdedrag.settings import InpaintParams
 from sdedrag.tasks.inpaint import inpaint_latent
 
 WEIGHTS = [0.3, 0.2, 0.25, 0.25]
@@ -93,7 +94,7 @@ def main() -> None:
                 cells = rows.setdefault(f"{steps:>5} {order:>5}", [])
                 for method in ("sde", "ode"):
                     generator = torch.Generator().manual_seed(args.seed + c)
-                    out = inpaint_latent(gmm, x0, mask, method, steps, 1.0, order, generator=generator)
+                    out = inpaint_latent(gmm, x0, mask, InpaintParams(method=method, steps=steps, order=order, guidance=1.0), generator=generator)
                     assert torch.equal(out[:, KNOWN], x0[:, KNOWN])
                     cells.append(f"{sliced_w1(out[:, UNKNOWN].numpy(), exact, directions):.3f}")
 

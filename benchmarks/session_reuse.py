@@ -41,7 +41,8 @@ from common import (
 from sdedrag.lora import LoraCache, LoraSettings
 from sdedrag.models import load_model
 from sdedrag.session import DragSession
-from sdedrag.tasks.drag import DragParams
+from sdedrag.settings import DragParams
+from sdedrag.tasks.drag import DragRequest
 
 IMPORTS = "import sdedrag.cli, sdedrag.session"
 
@@ -69,7 +70,7 @@ def one_round(model_path: str, args: argparse.Namespace, device: torch.device, c
         synchronize(device)
         start = time.perf_counter()
         with meter.attach(session.model.unet):
-            result = session.drag(params=params, lora=lora, **inputs)
+            result = session.drag(DragRequest(**inputs, params=params), lora)
         synchronize(device)
         wall = time.perf_counter() - start
         times[f"{name}_lora"] = result.timings["lora_seconds"]  # training (cold) or cache lookup (warm)

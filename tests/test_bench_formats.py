@@ -14,53 +14,9 @@ from PIL import Image
 from sdedrag.bench.formats import FORMATS, detect_format, list_cases, load_case, resize_case
 from sdedrag.errors import InputError
 from tests.conftest import SHARED_DATA, smooth_image
+from tests.helpers import WritesAFile, write_case, write_dataset
 
 SAMPLES = {"dragbench-d": ("dragbench-d-sample", 14), "drag100": ("drag100-sample", 4), "dragbench-s": ("dragbench-s-sample", 1)}
-
-
-def write_case(root: Path, fmt: str, case_id: str, image: Image.Image, pairs, mask: np.ndarray, prompt: str = "") -> Path:
-    """Write one case in ``fmt``'s native layout (``case_id`` is ``category/case`` for dragbench-d)."""
-    folder = root / case_id
-    folder.mkdir(parents=True)
-    points = [list(p) for pair in pairs for p in pair]
-    if fmt == "dragbench-s":
-        image.save(folder / "origin_image.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "mask.png")
-        (folder / "prompt.json").write_text(json.dumps(
-            {"prompt": prompt, "source": [list(s) for s, _ in pairs], "target": [list(t) for _, t in pairs]}))
-    elif fmt == "dragbench-d":
-        image.save(folder / "original_image.png")
-        image.save(folder / "user_drag.png")
-        meta = {"prompt": prompt, "points": points, "mask": mask.astype(np.uint8)}
-        (folder / "meta_data.pkl").write_bytes(pickle.dumps(meta))
-    else:
-        image.convert("RGB").save(folder / "original.jpg", quality=95)
-        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "mask.png")
-        (folder / "points.json").write_text(json.dumps({"points": points}))
-    return folder
-
-
-def write_dataset(root: Path, fmt: str, count: int = 3, size: tuple[int, int] = (80, 64), same_points: bool = False) -> Path:
-    """``count`` cases of smooth images with one drag each (targets equal to handles if ``same_points``)."""
-    width, height = size
-    for index in range(count):
-        mask = np.zeros((height, width), bool)
-        mask[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = True
-        source = (width // 2 - 6 + index, height // 2)
-        target = source if same_points else (source[0] + 10, source[1] - 4)
-        case_id = f"cat{index % 2}/case{index}" if fmt == "dragbench-d" else f"case{index}"
-        write_case(root, fmt, case_id, smooth_image(width, height, seed=index), [(source, target)], mask, f"prompt {index}")
-    return root
-
-
-class WritesAFile:
-    """Unpickling this calls open(path, 'w'), which creates the file."""
-
-    def __init__(self, path: Path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return open, (self.path, "w")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -31,7 +31,7 @@ from sdedrag.errors import ModelLoadError
 from sdedrag.io import image_to_tensor
 from sdedrag.models.tiny import build_tiny_pipeline
 from tests.conftest import SHARED_DATA, smooth_image
-from tests.test_bench_formats import write_dataset
+from tests.helpers import write_dataset
 
 
 def patch_features(image: torch.Tensor, prompt: str = "") -> torch.Tensor:

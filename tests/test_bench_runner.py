@@ -19,17 +19,12 @@ import pytest
 from PIL import Image
 
 from sdedrag.bench.formats import list_cases
-from sdedrag.cli import SUBCOMMANDS, main
+from sdedrag.cli import main
 from tests.conftest import SHARED_DATA
-from tests.test_bench_formats import WritesAFile, write_case, write_dataset
-from tests.test_cli import run_cli
+from tests.helpers import WritesAFile, cli_env, run_cli, write_case, write_dataset
 
 SAMPLE = SHARED_DATA / "dragbench-d-sample"
 FAST = ["--model", "tiny", "--no-lora", "--steps", "10"]
-
-
-def cli_env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def dataset_for_subprocess_runs(tmp_path: Path) -> tuple[Path, list[str]]:
@@ -140,7 +135,6 @@ def test_resuming_with_other_settings_is_refused(small_run, capsys):
     assert run_cli([*args, "--device", "cpu"]) == 0  # the device does not change results
 
 
-@pytest.mark.skipif("drag" not in {m.NAME for m in SUBCOMMANDS}, reason="sdedrag drag is not registered yet")
 def test_a_case_record_replays_with_sdedrag_drag(small_run, tmp_path):
     dataset, out, *_ = small_run
     replay = tmp_path / "replay"

@@ -9,25 +9,14 @@ import sys
 
 import pytest
 
-from sdedrag.cli import main
+from sdedrag.cli import SUBCOMMANDS, main
+from tests.helpers import cli_env, leftovers, run_cli
 
 
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
-
-
-def run_cli(argv: list[str]) -> int:
-    """main(), with argparse's usage-error exit turned into a status like the console script's."""
-    try:
-        return main(argv)
-    except SystemExit as exit_:
-        return int(exit_.code)
-
-
-def leftovers(folder):
-    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith((folder.name, f".{folder.name}")))
 
 
 def test_reconstruct_writes_result_and_run_json_and_replays(tmp_path, image_file):
@@ -94,11 +83,35 @@ def test_bad_config_files_are_refused(tmp_path, capsys):
     assert "not 'sdedrag reconstruct'" in capsys.readouterr().err
 
 
-def test_console_script_info_runs_offline():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def test_console_script_info_runs_offline(tmp_path):
+    env = {**cli_env(), "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
     proc = subprocess.run([sys.executable, "-m", "sdedrag", "info", "--json"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     facts = json.loads(proc.stdout)
     assert facts["models"]["tiny"].startswith("built in") and facts["versions"]["torch"]
-    assert facts["models"]["stable-diffusion-v1-5/stable-diffusion-v1-5"].endswith("local cache")
-    assert facts["hf_hub_offline"] == "1"
+    assert facts["models"]["stable-diffusion-v1-5/stable-diffusion-v1-5"] == "not in local cache"
+    assert facts["hf_hub_offline"] == "1" and facts["torch_threads"] == facts["device"]["cpu_threads"] == 1
+
+
+@pytest.mark.parametrize("command", [None, *SUBCOMMANDS])
+def test_help_imports_no_torch(command):
+    code = (
+        "import sys; from sdedrag.cli import main\n"
+        f"try: main({[command, '--help'] if command else ['--help']!r})\n"
+        "except SystemExit: pass\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'gradio', 'numpy') if m in sys.modules]\n"
+        "assert not heavy, heavy"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
+    assert proc.returncode == 0 and "usage: sdedrag" in proc.stdout, proc.stderr
+
+
+def test_library_errors_name_no_flags_and_the_cli_adds_them(tmp_path, image_file, capsys):
+    from sdedrag.errors import ModelLoadError
+    from sdedrag.models import load_model
+
+    with pytest.raises(ModelLoadError) as err:
+        load_model("nobody/nothing", "cpu")
+    assert "--" not in str(err.value)
+    argv = ["reconstruct", "--image", str(image_file), "--model", "nobody/nothing", "--out", str(tmp_path / "o")]
+    assert run_cli(argv) == 2 and "error: --model: cannot load model 'nobody/nothing'" in capsys.readouterr().err

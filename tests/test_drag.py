@@ -9,8 +9,9 @@ import torch
 from sdedrag.engine import decode, encode
 from sdedrag.errors import InputError
 from sdedrag.tasks.common import image_to_latent, paste_weights
+from sdedrag.settings import DragParams
 from sdedrag.tasks.drag import (
-    DragParams,
+    DragRequest,
     copy_and_paste,
     drag,
     latent_mask,
@@ -95,7 +96,7 @@ def test_zero_displacement_sde_drag_returns_the_input_latent(tiny64):
     image = smooth_image(128, 96)
     mask = np.zeros((96, 128), bool)
     mask[20:80, 20:110] = True
-    result = drag(tiny64, image, [(40, 50), (70, 30)], [(40, 50), (70, 30)], mask, "a photo", DragParams(**FAST, paste_back=False))
+    result = drag(tiny64, DragRequest(image, [(40, 50), (70, 30)], [(40, 50), (70, 30)], mask, "a photo", DragParams(**FAST, paste_back=False)))
     assert result.moves == 1
     assert relative_error(result.latent, image_to_latent(tiny64, image)) < 1e-10
 
@@ -103,7 +104,7 @@ def test_zero_displacement_sde_drag_returns_the_input_latent(tiny64):
 def test_zero_displacement_ode_drag_is_exactly_a_ddim_round_trip(tiny64):
     image = smooth_image(96, 64)
     params = DragParams(**FAST, method="ode", guidance=1.0)
-    result = drag(tiny64, image, [(40, 30)], [(40, 30)], None, "", params)
+    result = drag(tiny64, DragRequest(image, [(40, 30)], [(40, 30)], params=params))
     x0 = image_to_latent(tiny64, image)
     grid = tiny64.schedule.grid(params.steps, params.t0)
     path = encode(tiny64, x0, grid, "ode")
@@ -114,7 +115,7 @@ def test_sde_drag_changes_the_masked_region_and_keeps_the_rest_exactly(tiny64):
     image = smooth_image(128, 96)
     mask = np.zeros((96, 128), bool)
     mask[16:80, 16:112] = True
-    result = drag(tiny64, image, [(40, 50), (60, 40)], [(72, 56), (90, 40)], mask, "", DragParams(**FAST))
+    result = drag(tiny64, DragRequest(image, [(40, 50), (60, 40)], [(72, 56), (90, 40)], mask, params=DragParams(**FAST)))
     assert result.moves == 2 and len(result.frames) == 2 and result.image.size == image.size
     before, after = np.asarray(image), np.asarray(result.image)
     outside = paste_weights(mask) == 0
@@ -126,7 +127,7 @@ def test_masked_latent_outside_follows_the_input_without_paste_back(tiny64):
     image = smooth_image(128, 96)
     mask = np.zeros((96, 128), bool)
     mask[32:64, 32:96] = True
-    result = drag(tiny64, image, [(40, 40)], [(56, 48)], mask, "", DragParams(**FAST, paste_back=False))
+    result = drag(tiny64, DragRequest(image, [(40, 40)], [(56, 48)], mask, params=DragParams(**FAST, paste_back=False)))
     region = latent_mask(mask, tuple(result.latent.shape[-2:]), tiny64)
     outside = (region == 0).expand_as(result.latent)
     assert torch.allclose(result.latent[outside], image_to_latent(tiny64, image)[outside], atol=1e-10)
@@ -134,9 +135,9 @@ def test_masked_latent_outside_follows_the_input_without_paste_back(tiny64):
 
 def test_same_seed_reproduces_bit_for_bit(tiny32):
     image = smooth_image(96, 64)
-    a = drag(tiny32, image, [(20, 20)], [(40, 30)], None, "", DragParams(**FAST, seed=5))
-    b = drag(tiny32, image, [(20, 20)], [(40, 30)], None, "", DragParams(**FAST, seed=5))
-    c = drag(tiny32, image, [(20, 20)], [(40, 30)], None, "", DragParams(**FAST, seed=6))
+    a = drag(tiny32, DragRequest(image, [(20, 20)], [(40, 30)], params=DragParams(**FAST, seed=5)))
+    b = drag(tiny32, DragRequest(image, [(20, 20)], [(40, 30)], params=DragParams(**FAST, seed=5)))
+    c = drag(tiny32, DragRequest(image, [(20, 20)], [(40, 30)], params=DragParams(**FAST, seed=6)))
     assert a.image.tobytes() == b.image.tobytes() and a.image.tobytes() != c.image.tobytes()
 
 
@@ -149,7 +150,7 @@ def test_the_paper_ramps_reach_the_model(tiny32, monkeypatch):
         return original(self, x, t, cond, guidance, lora_scale)
 
     monkeypatch.setattr(type(tiny32), "predict_eps", spy)
-    drag(tiny32, smooth_image(64, 64), [(20, 20)], [(30, 20)], None, "", DragParams(steps=50, t0=0.6))
+    drag(tiny32, DragRequest(smooth_image(64, 64), [(20, 20)], [(30, 20)], params=DragParams(steps=50, t0=0.6)))
     assert len(calls) == 30  # one batched call per step: edited and recorded latents together, no encode calls
     assert all(batch == 2 for batch, *_ in calls)
     guidance, lora = [g for _, _, g, _ in calls], [s for *_, s in calls]
@@ -161,7 +162,7 @@ def test_the_paper_ramps_reach_the_model(tiny32, monkeypatch):
 def test_targets_outside_the_mask_are_reported(tiny32):
     mask = np.zeros((64, 64), bool)
     mask[10:30, 10:30] = True
-    result = drag(tiny32, smooth_image(64, 64), [(15, 15)], [(50, 50)], mask, "", DragParams(steps=10, t0=0.5))
+    result = drag(tiny32, DragRequest(smooth_image(64, 64), [(15, 15)], [(50, 50)], mask, params=DragParams(steps=10, t0=0.5)))
     assert len(result.warnings) == 1 and "outside the editable mask" in result.warnings[0]
 
 
@@ -169,7 +170,8 @@ def test_drag_refuses_an_inpainting_checkpoint():
     from sdedrag.models import load_model
 
     with pytest.raises(InputError, match="plain"):
-        drag(load_model("tiny-inpaint", "cpu"), smooth_image(64, 64), [(10, 10)], [(20, 20)], params=DragParams(steps=4))
+        request = DragRequest(smooth_image(64, 64), [(10, 10)], [(20, 20)], params=DragParams(steps=4))
+        drag(load_model("tiny-inpaint", "cpu"), request)
 
 
 def test_session_skips_lora_for_models_without_it(tmp_path):
@@ -184,6 +186,6 @@ def test_session_skips_lora_for_models_without_it(tmp_path):
     unet = UNet2DModel(sample_size=16, block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
                        up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=8)
     session = DragSession(PixelUNet(unet.eval(), SD_SCHEDULER_CONFIG, "pixel"), lora_cache=LoraCache(tmp_path))
-    result = session.drag(smooth_image(16, 16), [(3, 3)], [(9, 9)], None, "", DragParams(steps=10), LoraSettings(steps=2))
+    result = session.drag(DragRequest(smooth_image(16, 16), [(3, 3)], [(9, 9)], params=DragParams(steps=10)), LoraSettings(steps=2))
     assert result.image.size == (16, 16) and result.timings["lora_seconds"] == 0.0
     assert any("LoRA skipped" in w for w in result.warnings) and not any(tmp_path.iterdir())

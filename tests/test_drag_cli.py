@@ -12,7 +12,7 @@ from sdedrag.bench.safe_pickle import load_pickle
 from sdedrag.cli import main
 from sdedrag.tasks.common import paste_weights
 from tests.conftest import SHARED_DATA, smooth_image
-from tests.test_cli import leftovers, run_cli
+from tests.helpers import leftovers, run_cli
 
 SAMPLE = SHARED_DATA / "dragbench-d-sample" / "animals" / "JH_2023-09-14-1836-56"
 

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import smooth_image
 from diffusers import DDIMScheduler, UNet2DModel
+from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 
 import sdedrag.lora as lora_module
+from sdedrag.engine import cosine_ramp
 from sdedrag.engine.schedule import SD_SCHEDULER_CONFIG
 from sdedrag.errors import InputError
-from sdedrag.lora import ADAPTER_NAME, LoraCache, LoraSettings, lora_applied, save_lora, train_lora
+from sdedrag.lora import ADAPTER_NAME, LoraCache, lora_applied, save_lora, train_lora
 from sdedrag.models import PixelUNet, StableDiffusion
 from sdedrag.models.tiny import build_tiny_pipeline
+from sdedrag.session import DragSession
+from sdedrag.settings import DragParams, LoraSettings
 from sdedrag.tasks.common import image_to_latent
+from sdedrag.tasks.drag import DragRequest
+from tests.conftest import smooth_image
 
 PROMPT = "a photo of blobs"
 # The attention-only default barely moves the random tiny UNet; with conv_out too the adapter can fit the image.
@@ -29,7 +34,7 @@ def eval_loss(model, x0, cond) -> float:
     """The eps-prediction MSE at fixed timesteps and noise."""
     timesteps = [100, 300, 500, 700, 900]
     noise = torch.randn((len(timesteps), *x0.shape[1:]), generator=torch.Generator().manual_seed(1))
-    alpha = model.schedule.alpha(timesteps).float()[:, None, None, None]
+    alpha = model.schedule.alpha_bar(timesteps).float()[:, None, None, None]
     noisy = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
     return sum(
         torch.mean((model.predict_eps(noisy[i : i + 1], t, cond) - noise[i : i + 1]) ** 2).item()
@@ -159,6 +164,30 @@ def test_lora_scale_reaches_the_unet_and_exit_restores_the_base_model(tmp_path, 
     assert not any(isinstance(m, BaseTunerLayer) for m in unet.modules())
     assert unet.down_blocks[2].attentions[0].transformer_blocks[0].attn1.to_q is linear
     assert torch.equal(eps(), base) and torch.equal(eps(0.3), base)
+
+
+def test_a_session_drag_applies_the_lora_with_the_per_step_scale(tmp_path, tiny32, monkeypatch):
+    """The adapter DragSession trains changes the drag, and each step's scale of the paper's cosine ramp
+    reaches the adapter's layers inside the UNet."""
+    session = DragSession(tiny32, lora_cache=LoraCache(tmp_path))
+    params = DragParams(steps=10, t0=0.6, lora_scale_min=0.5)
+    request = DragRequest(smooth_image(64, 64), [(20, 30)], [(36, 30)], prompt=PROMPT, params=params)
+    scales = []
+    set_scale = LoraLayer.set_scale
+
+    def spy(layer, adapter, scale):
+        scales.append((any(m is layer for m in tiny32.unet.modules()), adapter, scale))
+        return set_scale(layer, adapter, scale)
+
+    monkeypatch.setattr(LoraLayer, "set_scale", spy)
+    with_lora = session.drag(request, LoraSettings(steps=2, learning_rate=1e-2))
+    monkeypatch.undo()
+    without = session.drag(request, None)
+    assert with_lora.timings["lora_seconds"] > 0 and not torch.allclose(with_lora.latent, without.latent, atol=1e-4)
+    ramp = cosine_ramp(tiny32.schedule.grid(params.steps, params.t0), 1.0, params.lora_scale_min)
+    assert scales and all(inside and adapter == ADAPTER_NAME for inside, adapter, _ in scales)
+    assert sorted({round(scale, 9) for *_, scale in scales}) == sorted({round(v, 9) for v in ramp})
+    assert not tiny32.has_lora
 
 
 def test_adapter_is_removed_when_the_block_raises_and_nesting_is_refused(tmp_path, tiny32):

@@ -16,7 +16,7 @@ from sdedrag.engine.schedule import SD_SCHEDULER_CONFIG
 from sdedrag.shapes.bench import MASK_MARGIN, drag_record, make_drag_case, summarize
 from sdedrag.shapes.data import fits
 from sdedrag.tasks.drag import DragResult
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,7 @@ from sdedrag.bench.study_server import StudyApp, make_server
 from sdedrag.cli import main
 from sdedrag.errors import InputError
 from tests.conftest import smooth_image
-from tests.test_bench_formats import write_dataset
-from tests.test_bench_runner import cli_env
+from tests.helpers import cli_env, write_dataset
 
 CASES = ["cat0/case0", "cat1/case1"]
 

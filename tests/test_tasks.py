@@ -16,7 +16,8 @@ from sdedrag.errors import InputError
 from sdedrag.models import GaussianMixture, load_model
 from sdedrag.models.base import DiffusionModel
 from sdedrag.tasks.common import image_to_latent, mask_to_latent, paste_inside
-from sdedrag.tasks.diffedit import MaskParams, diffedit, diffedit_mask
+from sdedrag.settings import DiffEditParams, InpaintParams, MaskParams, SDEditParams
+from sdedrag.tasks.diffedit import diffedit, diffedit_mask
 from sdedrag.tasks.inpaint import inpaint, inpaint_latent
 from sdedrag.tasks.sdedit import sdedit
 from tests.conftest import smooth_image
@@ -82,7 +83,7 @@ def outside_is_exact(result: Image.Image, original: Image.Image, mask: np.ndarra
 @pytest.mark.parametrize("order", [1, 2])
 def test_inpainting_keeps_every_unmasked_pixel(tiny32, tiny_inpaint, image, mask, model_name, method, order):
     model = tiny32 if model_name == "tiny" else tiny_inpaint
-    result = inpaint(model, image, mask, "a cat", method, order=order, **FAST)
+    result = inpaint(model, image, mask, "a cat", InpaintParams(method=method, order=order, **FAST))
     assert outside_is_exact(result.image, image, mask)
     inside = np.abs(np.asarray(result.image, dtype=float) - np.asarray(image, dtype=float))[mask]
     assert inside.mean() > 5 and result.image.size == image.size
@@ -93,15 +94,15 @@ def test_sde_and_ode_inpainting_share_everything_but_the_solver(monkeypatch, tin
                                                                 model_name):
     model = tiny32 if model_name == "tiny" else tiny_inpaint
     calls = record_decode(monkeypatch, inpaint_module)
-    sde = inpaint(model, image, mask, "a cat", "sde", order=2, seed=5, **FAST)
-    ode = inpaint(model, image, mask, "a cat", "ode", order=2, seed=5, **FAST)
+    sde = inpaint(model, image, mask, "a cat", InpaintParams(method="sde", order=2, seed=5, **FAST))
+    ode = inpaint(model, image, mask, "a cat", InpaintParams(method="ode", order=2, seed=5, **FAST))
     assert not torch.equal(sde.latent, ode.latent)
     assert_same_but_solver(*calls)
 
 
 def test_plain_models_inpaint_by_the_mask_rule(monkeypatch, tiny32, image, mask):
     calls = record_decode(monkeypatch, inpaint_module)
-    result = inpaint(tiny32, image, mask, "", "sde", paste_back=False, **FAST)
+    result = inpaint(tiny32, image, mask, params=InpaintParams(paste_back=False, **FAST))
     x0 = image_to_latent(tiny32, image)
     region = mask_to_latent(mask, (8, 8), tiny32)
     assert torch.equal(calls[0]["mask"], region) and calls[0]["cond"].extra is None
@@ -114,7 +115,7 @@ def test_plain_models_inpaint_by_the_mask_rule(monkeypatch, tiny32, image, mask)
 
 def test_inpainting_unet_sees_the_mask_and_the_masked_image(monkeypatch, tiny_inpaint, image, mask):
     calls = record_decode(monkeypatch, inpaint_module)
-    inpaint(tiny_inpaint, image, mask, "", "ode", **FAST)
+    inpaint(tiny_inpaint, image, mask, params=InpaintParams(method="ode", **FAST))
     extra = calls[0]["cond"].extra
     assert calls[0]["mask"] is None and extra.shape == (1, 5, 8, 8)
     assert torch.equal(extra[:, :1], mask_to_latent(mask, (8, 8), tiny_inpaint))
@@ -126,7 +127,7 @@ def test_inpainting_unet_sees_the_mask_and_the_masked_image(monkeypatch, tiny_in
 
 def test_partial_start_keeps_the_noisy_input_inside_the_mask(monkeypatch, tiny32, image, mask):
     calls = record_decode(monkeypatch, inpaint_module)
-    inpaint(tiny32, image, mask, "", "ode", t0=0.5, **FAST)
+    inpaint(tiny32, image, mask, params=InpaintParams(method="ode", t0=0.5, **FAST))
     assert torch.equal(calls[0]["x_t0"], calls[0]["path"].x_t0) and calls[0]["path"].grid.num_steps == 4
 
 
@@ -138,7 +139,8 @@ def test_mask_rule_inpainting_of_an_independent_block_forgets_the_start_with_the
     mask = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
     mean_error = {}
     for method in ("sde", "ode"):
-        out = inpaint_latent(gmm, x0, mask, method, steps=50, generator=torch.Generator().manual_seed(0))
+        params = InpaintParams(method=method, steps=50, guidance=1.0)
+        out = inpaint_latent(gmm, x0, mask, params, generator=torch.Generator().manual_seed(0))
         assert torch.equal(out[:, 0], x0[:, 0])
         assert out[:, 1].std().item() == pytest.approx(0.7, abs=0.07), method
         mean_error[method] = abs(out[:, 1].mean().item() + 3.0)
@@ -158,15 +160,15 @@ def test_paste_inside_feathers_inward_and_keeps_the_outside_exactly():
 @pytest.mark.parametrize("method", ["sde", "ode"])
 @pytest.mark.parametrize("order", [1, 2])
 def test_sdedit_runs_for_both_methods_and_orders(tiny32, image, method, order):
-    result = sdedit(tiny32, image, "a watercolor", method, t0=0.5, order=order, **FAST)
+    result = sdedit(tiny32, image, "a watercolor", SDEditParams(method=method, t0=0.5, order=order, **FAST))
     assert result.image.size == image.size
     assert np.abs(np.asarray(result.image, dtype=float) - np.asarray(image, dtype=float)).mean() > 1
 
 
 def test_sde_and_ode_sdedit_share_everything_but_the_solver(monkeypatch, tiny32, image):
     calls = record_decode(monkeypatch, sdedit_module)
-    sde = sdedit(tiny32, image, "a watercolor", "sde", t0=0.6, seed=3, **FAST)
-    ode = sdedit(tiny32, image, "a watercolor", "ode", t0=0.6, seed=3, **FAST)
+    sde = sdedit(tiny32, image, "a watercolor", SDEditParams(method="sde", t0=0.6, seed=3, **FAST))
+    ode = sdedit(tiny32, image, "a watercolor", SDEditParams(method="ode", t0=0.6, seed=3, **FAST))
     assert not torch.equal(sde.latent, ode.latent) and calls[0]["path"].grid.num_steps == 5
     assert_same_but_solver(*calls)
 
@@ -205,22 +207,22 @@ def test_diffedit_mask_marks_where_the_prompts_disagree(threshold, editable_colu
 
 def test_an_empty_diffedit_mask_is_refused():
     with pytest.raises(InputError, match="empty"):
-        diffedit(PromptRampModel(), Image.new("RGB", (8, 6)), "keep", "edit", mask_params=MaskParams(threshold=0.99),
-                 steps=10)
+        diffedit(PromptRampModel(), Image.new("RGB", (8, 6)), "keep", "edit",
+                 DiffEditParams(steps=10, mask=MaskParams(threshold=0.99)))
 
 
 @pytest.mark.parametrize("method", ["sde", "ode"])
 @pytest.mark.parametrize("order", [1, 2])
 def test_diffedit_keeps_pixels_outside_its_mask(tiny32, image, method, order):
-    result = diffedit(tiny32, image, "a bowl of fruits", "a bowl of pears", method, order=order, **FAST)
+    result = diffedit(tiny32, image, "a bowl of fruits", "a bowl of pears", DiffEditParams(method=method, order=order, **FAST))
     assert result.mask.shape == (64, 64) and 0 < result.mask.mean() < 1
     assert outside_is_exact(result.image, image, result.mask)
 
 
 def test_sde_and_ode_diffedit_share_the_mask_and_differ_as_the_paper_says(monkeypatch, tiny32, image):
     calls = record_decode(monkeypatch, diffedit_module)
-    sde = diffedit(tiny32, image, "a cat", "a dog", "sde", order=2, seed=1, paste_back=False, **FAST)
-    ode = diffedit(tiny32, image, "a cat", "a dog", "ode", order=2, seed=1, paste_back=False, **FAST)
+    sde = diffedit(tiny32, image, "a cat", "a dog", DiffEditParams(method="sde", order=2, seed=1, paste_back=False, **FAST))
+    ode = diffedit(tiny32, image, "a cat", "a dog", DiffEditParams(method="ode", order=2, seed=1, paste_back=False, **FAST))
     assert torch.equal(sde.latent_mask, ode.latent_mask) and torch.equal(calls[0]["mask"], calls[1]["mask"])
     source, target = tiny32.condition("a cat"), tiny32.condition("a dog")
     assert calls[0]["process"] == "cycle-sde" and calls[0]["path"].process == "cycle-sde"
@@ -239,12 +241,15 @@ def test_sde_and_ode_diffedit_share_the_mask_and_differ_as_the_paper_says(monkey
     [
         (lambda m, im, mk: inpaint(m, im, np.zeros_like(mk)), "mask is empty"),
         (lambda m, im, mk: inpaint(m, im, mk[:32]), "mask is 64x32"),
-        (lambda m, im, mk: inpaint(m, im, mk, t0=1.5), "t0"),
-        (lambda m, im, mk: inpaint(m, im, mk, method="cycle"), "method"),
-        (lambda m, im, mk: sdedit(m, im, t0=0.0), "t0"),
+        (lambda m, im, mk: InpaintParams(t0=1.5), "t0"),
+        (lambda m, im, mk: InpaintParams(method="cycle"), "method"),
+        (lambda m, im, mk: InpaintParams(feather=-1.0), "feather"),
+        (lambda m, im, mk: SDEditParams(t0=0.0), "t0"),
+        (lambda m, im, mk: SDEditParams(order=3), "order"),
+        (lambda m, im, mk: DiffEditParams(guidance=0.5), "guidance"),
         (lambda m, im, mk: diffedit(m, im, "", "a dog"), "source prompt"),
         (lambda m, im, mk: diffedit(m, im, "a dog", "a dog"), "identical"),
-        (lambda m, im, mk: diffedit(m, im, "a cat", "a dog", mask_params=MaskParams(strength=0.0)), "strength"),
+        (lambda m, im, mk: MaskParams(strength=0.0), "strength"),
     ],
 )
 def test_bad_input_is_refused(tiny32, image, mask, call, message):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from sdedrag.cli import main
 from tests.conftest import smooth_image
-from tests.test_cli import leftovers, run_cli
+from tests.helpers import leftovers, run_cli
 
 
 @pytest.fixture
@@ -40,13 +40,15 @@ def masked_pixels(path: str) -> np.ndarray:
 
 @pytest.mark.parametrize("command", ["inpaint", "sdedit", "diffedit"])
 @pytest.mark.parametrize("method", ["sde", "ode"])
-@pytest.mark.parametrize("solver", ["1", "2"])
-def test_every_command_runs_for_both_methods_and_solver_orders(tmp_path, files, command, method, solver):
+@pytest.mark.parametrize("order", ["1", "2"])
+def test_every_command_runs_for_both_methods_and_solver_orders(tmp_path, files, command, method, order):
     out = tmp_path / "out"
-    assert main([*command_args(command, files), "--method", method, "--solver", solver, "--out", str(out)]) == 0
+    assert main([*command_args(command, files), "--method", method, "--order", order, "--out", str(out)]) == 0
     record = json.loads((out / "run.json").read_text())
     assert record["command"] == command
-    assert record["args"]["method"] == method and record["args"]["order"] == int(solver)
+    assert record["args"]["method"] == method and record["args"]["order"] == int(order)
+    sde_process = "cycle-sde" if command == "diffedit" else "sde"  # DiffEdit's SDE reuses the recorded noise
+    assert record["results"]["process"] == (sde_process if method == "sde" else "ode")
     result, original = np.asarray(Image.open(out / "result.png")), np.asarray(Image.open(files["input"]))
     assert result.shape == original.shape
     if command != "sdedit":

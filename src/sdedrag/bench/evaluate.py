@@ -30,10 +30,10 @@ from sdedrag.bench.metrics import (
     mean_distances,
     unmasked_psnr_ssim,
 )
+from sdedrag.bench.settings import DAI_GAMMAS
 from sdedrag.errors import InputError
 from sdedrag.io import image_to_tensor, load_image
 
-DAI_GAMMAS: tuple[int, ...] = (1, 5, 10, 20)
 
 
 @dataclass

@@ -25,10 +25,10 @@ from PIL import Image
 
 from sdedrag.bench.safe_pickle import load_pickle
 from sdedrag.errors import InputError
+from sdedrag.bench.settings import FORMATS
 from sdedrag.io import load_image
 from sdedrag.tasks.drag import Point, validate_points
 
-FORMATS: tuple[str, ...] = ("dragbench-s", "dragbench-d", "drag100")
 IMAGE_FILES = {"dragbench-s": "origin_image.png", "dragbench-d": "original_image.png", "drag100": "original.jpg"}
 # A file whose presence in a case folder identifies the format.
 MARKERS = {"dragbench-s": "prompt.json", "dragbench-d": "meta_data.pkl", "drag100": "points.json"}

@@ -24,12 +24,12 @@ from PIL import Image
 from scipy.stats import binomtest
 
 from sdedrag.bench.formats import list_cases, load_case
+from sdedrag.bench.settings import INTERVALS
 from sdedrag.errors import InputError
 from sdedrag.io import load_image
 from sdedrag.visualize import draw_drag_arrows
 
 QUESTION = "Which result follows the drag better while staying realistic?"
-INTERVALS = {"wilson": "Wilson score", "exact": "Clopper-Pearson"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS votes (

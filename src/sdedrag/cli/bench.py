@@ -11,35 +11,14 @@ import argparse
 import datetime
 from pathlib import Path
 
-import torch
-from accelerate import PartialState
+from sdedrag.bench.settings import DAI_GAMMAS, DEFAULT_DIFT_MODEL, DIFT_ENSEMBLE, FORMATS
+from sdedrag.cli.common import Parser, add_model_options, load_model_arg, positive_int, recorded_args, require
+from sdedrag.cli.drag import add_drag_options
+from sdedrag.settings import DTYPE_NAMES
 
-from sdedrag.bench.dift import DEFAULT_DIFT_MODEL, DIFT_ENSEMBLE, DiftExtractor
-from sdedrag.bench.evaluate import DAI_GAMMAS, evaluate, summarize, write_metrics_csv
-from sdedrag.bench.formats import FORMATS
-from sdedrag.bench.metrics import LpipsDistance
-from sdedrag.bench.runner import BenchPlan, run_benchmark, summary_line
-from sdedrag.cli.common import Parser, add_model_options, positive_int, recorded_args, require
-from sdedrag.cli.drag import add_arguments as add_drag_arguments
-from sdedrag.cli.drag import add_drag_options, drag_params, lora_settings
-from sdedrag.io import atomic_output_dir, environment, write_json
-from sdedrag.lora import LoraCache
-from sdedrag.models import DTYPES, resolve_device
-from sdedrag.session import DragSession
-
-NAME = "bench"
-HELP = "run and score drag benchmarks (DragBench-S/-D, Drag100)"
 PATH_ARGS = ("dataset", "results", "out", "lora_cache")
 # Generous: processes wait for each other at the end of a run, which can take hours on uneven shares.
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=48)
-
-
-def _drag_record_keys() -> list[str]:
-    """The ``sdedrag drag`` arguments a case's run.json records besides the case's own image, points, prompt."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_drag_arguments(parser)
-    own = {"image", "source", "target", "mask", "prompt", "out", "config", "fast"}
-    return [action.dest for action in parser._actions if action.dest not in own]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     eval_parser.add_argument("--no-lpips", dest="lpips", action="store_false", help="skip Image Fidelity (needs the lpips package and AlexNet weights)")
     eval_parser.add_argument("--dai-gammas", type=positive_int, nargs="+", default=list(DAI_GAMMAS), help="DAI patch radii in pixels (default: %(default)s)")
     eval_parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    eval_parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="DIFT weights' dtype (default: %(default)s)")
+    eval_parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="DIFT weights' dtype (default: %(default)s)")
 
 
 def add_dataset_options(parser: argparse.ArgumentParser) -> None:
@@ -77,18 +56,26 @@ def run(args: argparse.Namespace) -> int:
 
 def run_dataset(args: argparse.Namespace) -> int:
     """Drag every case of --dataset into --out: one folder per case, a summary with per-case timings."""
+    import torch
+    from accelerate import PartialState
+
+    from sdedrag.bench.runner import BenchPlan, run_benchmark, summary_line
+    from sdedrag.lora import LoraCache
+    from sdedrag.runs import MODEL_ARGS, settings_args, settings_from_args
+    from sdedrag.session import DragSession
+
     require(args, "dataset", "out")
-    params, lora = drag_params(args), lora_settings(args)
+    params, lora = settings_from_args(vars(args))
     cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
     state = PartialState(cpu=cpu, timeout=PROCESS_GROUP_TIMEOUT)
     device = str(state.device) if args.device == "auto" and state.device.type == "cuda" else args.device
     cache = LoraCache(Path(args.lora_cache)) if args.lora_cache else None
-    drag_args = {key: getattr(args, key) for key in _drag_record_keys()}
     plan = BenchPlan(Path(args.dataset), Path(args.out), args.format, args.limit, args.max_size)
 
     def make_session() -> DragSession:
-        return DragSession(args.model, device, args.dtype, lora_cache=cache)
+        return DragSession(load_model_arg(args, device), lora_cache=cache)
 
+    drag_args = {**settings_args(params, lora), **{name: getattr(args, name) for name in MODEL_ARGS}}
     summary = run_benchmark(plan, make_session, params, lora, drag_args, state)
     if summary is not None:
         print(summary_line(summary))
@@ -98,6 +85,12 @@ def run_dataset(args: argparse.Namespace) -> int:
 def evaluate_results(args: argparse.Namespace) -> int:
     """Score --results against --dataset: Mean Distance (DIFT, both protocols), Image Fidelity (1 - LPIPS),
     PSNR/SSIM outside the mask and DAI; writes OUT/metrics.csv and OUT/summary.json."""
+    from sdedrag.bench.dift import DiftExtractor
+    from sdedrag.bench.evaluate import evaluate, summarize, write_metrics_csv
+    from sdedrag.bench.metrics import LpipsDistance
+    from sdedrag.io import atomic_output_dir, environment, write_json
+    from sdedrag.models import resolve_device
+
     require(args, "dataset", "results", "out")
     device = resolve_device(args.device)
     distance = LpipsDistance(device) if args.lpips else None  # the light dependency first: fail fast

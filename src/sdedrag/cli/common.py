@@ -1,16 +1,20 @@
-"""Argument types and shared options for the subcommands."""
+"""Argument types, shared options, and the one way a task subcommand runs: load the model, write DIR atomically,
+record DIR/run.json. Importing this (and building any parser) loads no torch: heavy modules load in ``run``."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sdedrag.errors import InputError
-from sdedrag.models import DEFAULT_MODEL, DTYPES
+from sdedrag.errors import InputError, ModelLoadError
+from sdedrag.settings import DEFAULT_MODEL, DTYPE_NAMES, ORDERS
 
 NOT_RECORDED = {"command", "handler", "config", "out", "path_args", "fast"}  # --fast is recorded as what it sets
+INPUT_FILES = ("image", "mask")  # hashed into run.json's results
+Settings = TypeVar("Settings")
 
 
 class Parser(argparse.ArgumentParser):
@@ -42,25 +46,32 @@ def non_negative(text: str) -> float:
     return value
 
 
-def add_edit_options(parser: argparse.ArgumentParser, t0: float, t0_help: str) -> None:
-    """--method, --solver, --steps, --t0, --guidance: what the SDE/ODE versions of a baseline share."""
-    parser.add_argument("--method", choices=("sde", "ode"), default="sde", help="default: %(default)s")
+def add_order_option(parser: argparse.ArgumentParser, default: int) -> None:
     parser.add_argument(
-        "--solver", "--order", dest="order", type=int, choices=(1, 2), default=1,
-        help="solver order: 1 DDPM/DDIM, 2 SDE-DPM-Solver++(2M)/DPM-Solver++(2M) (default: %(default)s)",
+        "--order", type=int, choices=ORDERS, default=default,
+        help="solver order: 1 DDIM / DDPM, 2 DPM-Solver++(2M) / SDE-DPM-Solver++(2M) (default: %(default)s)",
     )
-    parser.add_argument("--steps", type=positive_int, default=50, help="solver steps over [0, T] (default: %(default)s)")
-    parser.add_argument("--t0", type=unit_fraction, default=t0, help=f"{t0_help} (default: %(default)s)")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance (default: %(default)s)")
 
 
-def add_paste_back_options(parser: argparse.ArgumentParser) -> None:
+def add_solver_options(parser: argparse.ArgumentParser, defaults: Any, method_help: str, t0_help: str) -> None:
+    """--method, --order, --steps, --t0, --guidance, defaulting to the task's settings ``defaults``."""
+    parser.add_argument("--method", choices=("sde", "ode"), default=defaults.method,
+                        help=f"{method_help} (default: %(default)s)")
+    add_order_option(parser, defaults.order)
+    parser.add_argument("--steps", type=positive_int, default=defaults.steps,
+                        help="solver steps over [0, T] (default: %(default)s)")
+    parser.add_argument("--t0", type=unit_fraction, default=defaults.t0, help=f"{t0_help} (default: %(default)s)")
+    parser.add_argument("--guidance", type=float, default=defaults.guidance,
+                        help="classifier-free guidance (default: %(default)s)")
+
+
+def add_paste_back_options(parser: argparse.ArgumentParser, defaults: Any) -> None:
     """--no-paste-back and --feather: keep the input's pixels outside the mask exactly, or not."""
     parser.add_argument(
         "--no-paste-back", dest="paste_back", action="store_false", help="do not keep the input's pixels outside the mask"
     )
     parser.add_argument(
-        "--feather", type=non_negative, default=4.0,
+        "--feather", type=non_negative, default=defaults.feather,
         help="paste-back edge width inside the mask, pixels (default: %(default)s)",
     )
 
@@ -70,7 +81,7 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str = DEFA
         "--model", default=default_model, help="Hub id, local diffusers folder, or 'tiny' (default: %(default)s)"
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="default: %(default)s")
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
 
 
@@ -87,6 +98,11 @@ def require(args: argparse.Namespace, *names: str) -> None:
             raise InputError(f"--{name.replace('_', '-')} is required")
 
 
+def settings_from(args: argparse.Namespace, cls: Callable[..., Settings], **values: Any) -> Settings:
+    """The settings dataclass ``cls`` from the options named like its fields (``values`` for the others)."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}, **values)
+
+
 def recorded_args(args: argparse.Namespace) -> dict[str, Any]:
     """The arguments stored in run.json (everything but the output folder and the replay source)."""
     return {
@@ -96,4 +112,29 @@ def recorded_args(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-Handler = Callable[[argparse.Namespace], int]
+def load_model_arg(args: argparse.Namespace, device: str | None = None) -> Any:
+    """The model --model, --device (or ``device``) and --dtype name."""
+    from sdedrag.models import load_model
+
+    try:
+        return load_model(args.model, device or args.device, args.dtype)
+    except ModelLoadError as err:
+        raise ModelLoadError(f"--model: {err}") from err
+
+
+def run_task(args: argparse.Namespace, task: Callable[[Any, Path], Mapping[str, Any]]) -> dict[str, Any]:
+    """Load the model, let ``task(model, folder)`` write its files into ``folder`` and return its results, and
+    write ``folder``/run.json (the arguments; the results with the input files' hashes); ``folder`` becomes
+    --out only when everything is written. Returns the results."""
+    from sdedrag.io import atomic_output_dir, file_sha256, run_record, write_json
+
+    require(args, "out")
+    model = load_model_arg(args)
+    with atomic_output_dir(args.out) as staging:
+        results = dict(task(model, staging))
+        for name in INPUT_FILES:
+            if hasattr(args, name):
+                path = getattr(args, name)
+                results[f"{name}_sha256"] = file_sha256(path) if path else None
+        write_json(staging / "run.json", run_record(args.command, recorded_args(args), results))
+    return results

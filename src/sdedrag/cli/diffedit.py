@@ -7,71 +7,69 @@ Writes DIR/result.png (the input's size), DIR/mask.png (white = edited) and DIR/
 from __future__ import annotations
 
 import argparse
-
-import numpy as np
-from PIL import Image
+from pathlib import Path
+from typing import Any
 
 from sdedrag.cli.common import (
-    add_edit_options,
     add_model_options,
     add_paste_back_options,
     add_run_options,
+    add_solver_options,
     positive_int,
-    recorded_args,
     require,
+    run_task,
+    settings_from,
     unit_fraction,
 )
-from sdedrag.io import atomic_output_dir, file_sha256, load_image, run_record, write_json
-from sdedrag.models import load_model
-from sdedrag.tasks.diffedit import MaskParams, check_prompts, diffedit
+from sdedrag.settings import DiffEditParams, MaskParams
 
-NAME = "diffedit"
-HELP = "text-guided editing inside an automatic mask by DiffEdit (SDE / ODE)"
 PATH_ARGS = ("image",)
-MASK_DEFAULTS = MaskParams()
+DEFAULTS = DiffEditParams()
+METHOD_HELP = "sde: Cycle-SDE (the noise recorded under the source prompt), ode: DDIM inversion and DDIM"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", help="input image (required)")
     parser.add_argument("--source-prompt", help="text describing the input (required)")
     parser.add_argument("--target-prompt", help="text describing the result (required)")
-    add_edit_options(parser, t0=0.8, t0_help="encoding ratio: how far the input is taken toward T")
+    add_solver_options(parser, DEFAULTS, METHOD_HELP, "encoding ratio: how far the input is taken toward T")
     parser.add_argument(
-        "--mask-threshold", type=float, default=MASK_DEFAULTS.threshold,
+        "--mask-threshold", type=float, default=DEFAULTS.mask.threshold,
         help="edit where the normalised noise difference exceeds this (default: %(default)s)",
     )
     parser.add_argument(
-        "--mask-strength", type=unit_fraction, default=MASK_DEFAULTS.strength,
+        "--mask-strength", type=unit_fraction, default=DEFAULTS.mask.strength,
         help="noise level of the mask's noise draws, as a fraction of T (default: %(default)s)",
     )
     parser.add_argument(
-        "--mask-maps", type=positive_int, default=MASK_DEFAULTS.maps, help="noise draws averaged (default: %(default)s)"
+        "--mask-maps", type=positive_int, default=DEFAULTS.mask.maps, help="noise draws averaged (default: %(default)s)"
     )
-    add_paste_back_options(parser)
+    add_paste_back_options(parser, DEFAULTS)
     add_model_options(parser)
     add_run_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from sdedrag.io import load_image
+    from sdedrag.tasks.diffedit import check_prompts, diffedit
+
     require(args, "image", "source_prompt", "target_prompt", "out")
     check_prompts(args.source_prompt, args.target_prompt)
-    mask_params = MaskParams(strength=args.mask_strength, maps=args.mask_maps, threshold=args.mask_threshold)
+    mask = MaskParams(strength=args.mask_strength, maps=args.mask_maps, threshold=args.mask_threshold)
+    params = settings_from(args, DiffEditParams, mask=mask)
     image = load_image(args.image)
-    model = load_model(args.model, args.device, args.dtype)
-    with atomic_output_dir(args.out) as staging:
-        result = diffedit(
-            model, image, args.source_prompt, args.target_prompt, args.method, args.steps, args.t0, args.order,
-            args.guidance, args.seed, mask_params, args.paste_back, args.feather, progress=True,
-        )
-        result.image.save(staging / "result.png")
-        Image.fromarray(result.mask.astype(np.uint8) * 255).save(staging / "mask.png")
-        results = {
-            "seconds": result.seconds,
-            "mask_fraction": float(result.mask.mean()),
-            "image_sha256": file_sha256(args.image),
-            "size": list(image.size),
-        }
-        write_json(staging / "run.json", run_record(NAME, recorded_args(args), results))
-    print(f"DiffEdit ({args.method}, order {args.order}, mask {100 * result.mask.mean():.1f}% of the image, "
-          f"{result.seconds:.1f}s); wrote {args.out}/result.png, mask.png and run.json")
+
+    def task(model: Any, folder: Path) -> dict[str, Any]:
+        result = diffedit(model, image, args.source_prompt, args.target_prompt, params=params, progress=True)
+        result.image.save(folder / "result.png")
+        Image.fromarray(result.mask.astype(np.uint8) * 255).save(folder / "mask.png")
+        return {"process": params.process, "seconds": result.seconds, "mask_fraction": float(result.mask.mean()),
+                "size": list(image.size)}
+
+    results = run_task(args, task)
+    print(f"DiffEdit ({params.process}, order {params.order}, mask {100 * results['mask_fraction']:.1f}% of the "
+          f"image, {results['seconds']:.1f}s); wrote {args.out}/result.png, mask.png and run.json")
     return 0

@@ -6,14 +6,7 @@ import argparse
 import json
 import os
 
-import torch
-from huggingface_hub import scan_cache_dir, try_to_load_from_cache
-
-from sdedrag.io import environment
-from sdedrag.models import BUILTIN_MODELS, DEFAULT_MODEL
-
-NAME = "info"
-HELP = "print versions, device and reachable models"
+from sdedrag.settings import BUILTIN_MODELS, DEFAULT_MODEL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cached_pipelines() -> list[str]:
     """Diffusers pipelines (repos with a model_index.json) in the local Hugging Face cache."""
+    from huggingface_hub import scan_cache_dir, try_to_load_from_cache
+
     try:
         repos = scan_cache_dir().repos
     except Exception:  # noqa: BLE001 - a missing or unreadable cache simply holds no models
@@ -49,6 +44,10 @@ def hub_status(model_id: str) -> str:
 
 
 def gather(check_hub: bool) -> dict:
+    import torch
+
+    from sdedrag.io import environment
+
     cuda = torch.cuda.is_available()
     cached = cached_pipelines()
     models = {name: "built in, always available" for name in BUILTIN_MODELS}

@@ -7,47 +7,58 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
+from typing import Any
 
-from sdedrag.cli.common import add_model_options, add_run_options, positive_int, recorded_args, require, unit_fraction
-from sdedrag.engine import PROCESSES
-from sdedrag.io import atomic_output_dir, file_sha256, load_image, run_record, write_json
-from sdedrag.models import load_model
-from sdedrag.tasks.reconstruct import reconstruct
+from sdedrag.cli.common import (
+    add_model_options,
+    add_order_option,
+    add_run_options,
+    positive_int,
+    require,
+    run_task,
+    settings_from,
+    unit_fraction,
+)
+from sdedrag.settings import PROCESSES, ReconstructParams
 
-NAME = "reconstruct"
-HELP = "encode an image to t0 and decode it back (Cycle-SDE / SDE / ODE)"
 PATH_ARGS = ("image",)
+DEFAULTS = ReconstructParams()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", help="input image (required)")
-    parser.add_argument("--process", choices=PROCESSES, default="cycle-sde", help="default: %(default)s")
-    parser.add_argument("--steps", type=positive_int, default=50, help="solver steps over [0, T] (default: %(default)s)")
-    parser.add_argument("--t0", type=unit_fraction, default=1.0, help="start time as a fraction of T (default: %(default)s)")
-    parser.add_argument("--order", type=int, choices=(1, 2), default=1, help="solver order: 1 DDIM/DDPM, 2 DPM-Solver++(2M)")
+    parser.add_argument(
+        "--process", choices=PROCESSES, default=DEFAULTS.process,
+        help="cycle-sde: SDE with the recorded noise; sde: fresh noise; ode: DDIM inversion (default: %(default)s)",
+    )
+    parser.add_argument("--steps", type=positive_int, default=DEFAULTS.steps,
+                        help="solver steps over [0, T] (default: %(default)s)")
+    parser.add_argument("--t0", type=unit_fraction, default=DEFAULTS.t0,
+                        help="start time as a fraction of T (default: %(default)s)")
+    add_order_option(parser, DEFAULTS.order)
     parser.add_argument("--prompt", default="", help="text prompt for conditional models")
-    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default: %(default)s)")
+    parser.add_argument("--guidance", type=float, default=DEFAULTS.guidance,
+                        help="classifier-free guidance scale (default: %(default)s)")
     add_model_options(parser)
     add_run_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdedrag.io import load_image
+    from sdedrag.tasks.reconstruct import reconstruct
+
     require(args, "image", "out")
+    params = settings_from(args, ReconstructParams)
     image = load_image(args.image)
-    model = load_model(args.model, args.device, args.dtype)
-    with atomic_output_dir(args.out) as staging:
+
+    def task(model: Any, folder: Path) -> dict[str, Any]:
         start = time.perf_counter()
-        result = reconstruct(
-            model, image, args.process, args.steps, args.t0, args.prompt, args.guidance, args.order, args.seed,
-            progress=True,
-        )
-        result.image.save(staging / "result.png")
-        results = {
-            "latent_rel_error": result.latent_rel_error,
-            "seconds": time.perf_counter() - start,
-            "image_sha256": file_sha256(args.image),
-            "size": list(image.size),
-        }
-        write_json(staging / "run.json", run_record(NAME, recorded_args(args), results))
-    print(f"latent_rel_error {result.latent_rel_error:.3e}; wrote {args.out}/result.png and run.json")
+        result = reconstruct(model, image, prompt=args.prompt, params=params, progress=True)
+        result.image.save(folder / "result.png")
+        return {"latent_rel_error": result.latent_rel_error, "seconds": time.perf_counter() - start,
+                "size": list(image.size)}
+
+    results = run_task(args, task)
+    print(f"latent_rel_error {results['latent_rel_error']:.3e}; wrote {args.out}/result.png and run.json")
     return 0

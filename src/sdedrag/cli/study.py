@@ -10,13 +10,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from sdedrag.bench.study import INTERVALS, Study, VoteStore, win_rates
-from sdedrag.bench.study_server import StudyApp, make_server
+from sdedrag.bench.settings import INTERVALS
 from sdedrag.cli.common import Parser, require
 from sdedrag.errors import InputError
 
-NAME = "study"
-HELP = "pairwise user study of drag results (web app and report)"
 PATH_ARGS = ("pairs", "dataset", "db")
 DEFAULT_DB = "study.sqlite"
 
@@ -43,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """Serve the study until Ctrl+C; every vote is written to --db at once."""
+    from sdedrag.bench.study import Study, VoteStore
+    from sdedrag.bench.study_server import StudyApp, make_server
+
     require(args, "pairs")
     study = Study(args.pairs, args.dataset)
     store = VoteStore(args.db)
@@ -66,6 +66,8 @@ def serve(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     """Each method pair's win rate over all votes on it, with a 95% binomial confidence interval (Wilson
     score, or Clopper-Pearson with --interval exact); votes are treated as independent trials."""
+    from sdedrag.bench.study import VoteStore, win_rates
+
     if not Path(args.db).is_file():
         raise InputError(f"no study database at {args.db}")
     results = win_rates(VoteStore(args.db).votes(), args.interval)

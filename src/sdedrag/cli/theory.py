@@ -14,12 +14,7 @@ import time
 from typing import Any
 
 from sdedrag.cli.common import add_run_options, positive_int, recorded_args, require, unit_fraction
-from sdedrag.io import atomic_output_dir, run_record, write_json
-from sdedrag.theory import TheoryConfig, run_theory
-from sdedrag.theory.figures import t0_label, write_figures
-
-NAME = "theory"
-HELP = "exact-score experiments: KL along time for ODE / SDE / Cycle-SDE from mismatched priors"
+from sdedrag.theory import TheoryConfig
 
 DEFAULTS = TheoryConfig()
 
@@ -67,6 +62,8 @@ def config_from(args: argparse.Namespace) -> TheoryConfig:
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers: final mode-mass ratios, contraction ratios per t0, check outcomes, runtime."""
+    from sdedrag.theory.figures import t0_label
+
     return {
         "mode_mass_ratio": results["example"]["mode_mass_ratio"],
         "contraction": {
@@ -81,6 +78,10 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdedrag.io import atomic_output_dir, run_record, write_json
+    from sdedrag.theory import run_theory
+    from sdedrag.theory.figures import t0_label, write_figures
+
     require(args, "out")
     config = config_from(args)
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -92,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
         results["seconds"]["figures"] = time.perf_counter() - clock
         results["seconds"]["command"] = time.perf_counter() - started
         results["seconds"]["command_cpu"] = time.process_time() - cpu_started
-        write_json(staging / "theory.json", run_record(NAME, recorded_args(args), results))
-        write_json(staging / "run.json", run_record(NAME, recorded_args(args), summary(results)))
+        write_json(staging / "theory.json", run_record(args.command, recorded_args(args), results))
+        write_json(staging / "run.json", run_record(args.command, recorded_args(args), summary(results)))
     ratios = results["example"]["mode_mass_ratio"]
     print(f"final mode mass ratio (t0 = {t0_label(config.t0[0])}): ODE {ratios['ode']:.2f} : 1, "
           f"SDE {ratios['sde']:.2f} : 1, Cycle-SDE {ratios['cycle_sde']:.2f} : 1 (true {ratios['true']:.2f} : 1)")

@@ -12,11 +12,8 @@ from dataclasses import asdict
 
 from sdedrag.cli.common import positive_int, recorded_args, require
 from sdedrag.errors import InputError
-from sdedrag.io import run_record, write_json
-from sdedrag.shapes.train import TrainConfig, train
+from sdedrag.shapes.settings import TrainConfig
 
-NAME = "train-shapes"
-HELP = "train the small shapes diffusion model (the built-in --model shapes) on CPU"
 DEFAULTS = TrainConfig()
 
 
@@ -34,7 +31,8 @@ def channels(text: str) -> tuple[int, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output folder (required; rerunning with the same folder resumes)")
     parser.add_argument("--config", help="rerun with the arguments stored in a run.json")
-    parser.add_argument("--steps", type=positive_int, default=DEFAULTS.steps, help="default: %(default)s")
+    parser.add_argument("--train-steps", type=positive_int, default=DEFAULTS.steps,
+                        help="optimizer steps (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, help="default: %(default)s")
     parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--warmup", type=positive_int, default=DEFAULTS.warmup,
@@ -57,22 +55,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdedrag.io import run_record, write_json
+    from sdedrag.shapes.train import train
+
     require(args, "out")
     if args.resolution % 2 ** (len(args.channels) - 1):
         raise InputError(f"--resolution {args.resolution} must be divisible by {2 ** (len(args.channels) - 1)} "
                          f"for {len(args.channels)} UNet levels")
     config = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, resolution=args.resolution, seed=args.seed,
+        steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, resolution=args.resolution, seed=args.seed,
         threads=args.threads, checkpoint_every=args.checkpoint_every, block_out_channels=tuple(args.channels),
         layers_per_block=args.layers_per_block, save_dtype=args.save_dtype,
         warmup=args.warmup,
         scheduler={**DEFAULTS.scheduler, "prediction_type": args.prediction_type},
     )
-    try:
-        results = train(config, args.out)
-    except ValueError as err:
-        raise InputError(str(err)) from err
-    write_json(f"{args.out}/run.json", run_record(NAME, {**recorded_args(args), "channels": list(args.channels)},
+    results = train(config, args.out)
+    write_json(f"{args.out}/run.json", run_record(args.command, {**recorded_args(args), "channels": list(args.channels)},
                                                   {**results, "config": asdict(config)}))
     print(f"{results['steps']} steps in {results['train_minutes']:.1f} min, final loss {results['final_loss']:.4f}; "
           f"wrote {args.out}")

@@ -9,14 +9,10 @@ import argparse
 import os
 from pathlib import Path
 
-from sdedrag.cli.common import add_model_options, positive_int
+from sdedrag.cli.common import add_model_options, load_model_arg, positive_int
 from sdedrag.errors import SdedragError
-from sdedrag.lora import LoraCache
-from sdedrag.session import DragSession
 from sdedrag.ui import DEFAULT_MAX_PIXELS
 
-NAME = "ui"
-HELP = "serve the drag web UI (gradio)"
 PATH_ARGS = ("lora_cache",)
 
 
@@ -40,9 +36,11 @@ def run(args: argparse.Namespace) -> int:
         if err.name != "gradio":
             raise
         raise SdedragError("the UI needs gradio: pip install 'sdedrag[ui]'") from err
+    from sdedrag.lora import LoraCache
+    from sdedrag.session import DragSession
 
     cache = LoraCache(Path(args.lora_cache)) if args.lora_cache else None
-    session = DragSession(args.model, args.device, args.dtype, lora_cache=cache)
+    session = DragSession(load_model_arg(args), lora_cache=cache)
     app = build_app(session, max_pixels=args.max_pixels, seed=args.seed)
     print(f"sdedrag ui: model {session.model.name} on {session.model.device}; serving http://{args.host}:{args.port}",
           flush=True)

@@ -10,22 +10,33 @@ import torch
 from torch import Tensor
 
 from sdedrag.engine.schedule import NoiseSchedule
+from sdedrag.errors import InputError, ModelLoadError
 
 
-def eps_from_output(output: Tensor, x: Tensor, alpha: float | Tensor, prediction_type: str) -> Tensor:
-    """Convert a network output (epsilon, v_prediction or sample) at x_t with alpha-bar ``alpha`` to eps.
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
-    ``alpha`` stays on the host (a 0-d CPU tensor is a scalar operand on any device), so the conversion never
+
+def check_prediction_type(prediction_type: str) -> str:
+    """A scheduler's network target, refused when the model loads unless :func:`eps_from_output` converts it."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ModelLoadError(
+            f"unsupported prediction_type {prediction_type!r}; sdedrag converts {', '.join(PREDICTION_TYPES)}"
+        )
+    return prediction_type
+
+
+def eps_from_output(output: Tensor, x: Tensor, alpha_bar: float | Tensor, prediction_type: str) -> Tensor:
+    """Convert a network output (epsilon, v_prediction or sample) at x_t with ``alpha_bar`` to eps.
+
+    ``alpha_bar`` stays on the host (a 0-d CPU tensor is a scalar operand on any device), so the conversion never
     copies to the device, which on CUDA would block the host until the device's queue has drained.
     """
     if prediction_type == "epsilon":
         return output
-    alpha = torch.as_tensor(alpha, dtype=x.dtype)
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=x.dtype)
     if prediction_type == "v_prediction":
-        return alpha.sqrt() * output + (1 - alpha).sqrt() * x
-    if prediction_type == "sample":
-        return (x - alpha.sqrt() * output) / (1 - alpha).sqrt()
-    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+        return alpha_bar.sqrt() * output + (1 - alpha_bar).sqrt() * x
+    return (x - alpha_bar.sqrt() * output) / (1 - alpha_bar).sqrt()
 
 
 class DiffusionModel(ABC):

@@ -9,7 +9,7 @@ from diffusers import UNet2DModel
 from torch import Tensor
 
 from sdedrag.engine.schedule import NoiseSchedule
-from sdedrag.models.base import DiffusionModel, eps_from_output
+from sdedrag.models.base import DiffusionModel, check_prediction_type, eps_from_output
 
 
 class PixelUNet(DiffusionModel):
@@ -21,7 +21,7 @@ class PixelUNet(DiffusionModel):
         self.unet = unet
         self.name = name
         self.schedule = NoiseSchedule(scheduler_config)
-        self.prediction_type = scheduler_config.get("prediction_type", "epsilon")
+        self.prediction_type = check_prediction_type(scheduler_config.get("prediction_type", "epsilon"))
         self.device, self.dtype = unet.device, unet.dtype
         self._timesteps = torch.arange(self.schedule.num_train_timesteps, device=self.device)  # see StableDiffusion
 

@@ -11,7 +11,7 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor
 
 from sdedrag.engine.schedule import NoiseSchedule
-from sdedrag.models.base import DiffusionModel, eps_from_output
+from sdedrag.models.base import DiffusionModel, check_prediction_type, eps_from_output
 
 
 @dataclass
@@ -49,7 +49,7 @@ class StableDiffusion(DiffusionModel):
         self.name = name
         self.unet, self.vae = pipe.unet, pipe.vae
         self.schedule = NoiseSchedule(pipe.scheduler.config)
-        self.prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+        self.prediction_type = check_prediction_type(pipe.scheduler.config.get("prediction_type", "epsilon"))
         self.device, self.dtype = self.unet.device, self.unet.dtype
         self.latent_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.is_inpainting = self.unet.config.in_channels == 2 * self.vae.config.latent_channels + 1

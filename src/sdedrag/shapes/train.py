@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,49 +31,12 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from sdedrag.engine import Path as EnginePath  # noqa: E402
 from sdedrag.engine import decode  # noqa: E402
+from sdedrag.errors import InputError  # noqa: E402
 from sdedrag.io import tensor_to_image  # noqa: E402
 from sdedrag.models.base import DiffusionModel  # noqa: E402
 from sdedrag.models.pixel import PixelUNet  # noqa: E402
 from sdedrag.shapes.data import ShapesDataset  # noqa: E402
-
-SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 0,
-    "timestep_spacing": "trailing",
-    "prediction_type": "v_prediction",
-}
-"""DDPM's linear VP schedule (alpha-bar at T is 4e-5, so x_T is pure noise at 32x32), trailing spacing
-so a sampling grid starts at t = T, and v-prediction: near T an epsilon model's x0 estimate divides its
-error by sqrt(alpha-bar) ~ 0.006, and after a short CPU training run unclipped samples saturate."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything that determines a training run (stored as training_config.json)."""
-
-    steps: int = 2100
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup: int = 200
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    resolution: int = 32
-    max_shapes: int = 3
-    seed: int = 0
-    threads: int = 1
-    ema_decay: float = 0.9995
-    checkpoint_every: int = 250
-    block_out_channels: tuple[int, ...] = (32, 64, 128)
-    layers_per_block: int = 1
-    save_dtype: str = "float16"
-    sample_steps: int = 100
-    scheduler: dict[str, Any] = field(default_factory=lambda: dict(SCHEDULER_CONFIG))
-
+from sdedrag.shapes.settings import TrainConfig  # noqa: E402
 
 def build_unet(config: TrainConfig) -> UNet2DModel:
     """The UNet: plain ResNet blocks at the top resolutions, self-attention at the lowest one."""
@@ -173,10 +136,10 @@ def train(config: TrainConfig, out: str | os.PathLike, progress: bool = True) ->
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
         if {**state["config"], "steps": config.steps} != asdict(config):
-            raise ValueError(f"{checkpoint_path} was written with another training config (only --steps may "
-                             "change when resuming); use another --out")
+            raise InputError(f"{checkpoint_path} was written with another training config (only the number of "
+                             "training steps may change when resuming); train into another folder")
         if state["step"] > config.steps:
-            raise ValueError(f"{checkpoint_path} is at step {state['step']}, beyond --steps {config.steps}")
+            raise InputError(f"{checkpoint_path} is at step {state['step']}, beyond the {config.steps} training steps")
         unet.load_state_dict(state["unet"])
         optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
@@ -256,7 +219,7 @@ def model_card(config: TrainConfig, results: dict[str, Any]) -> str:
     """The model folder's README.md."""
     channels = ",".join(str(c) for c in config.block_out_channels)
     length_note = "" if len(results["lengths"]) == 1 else (
-        "\n- The run was resumed with another `--steps`, and its cosine schedule followed the new total: "
+        "\n- The run was resumed with another `--train-steps`, and its cosine schedule followed the new total: "
         + ", then ".join(f"from step {a} a {b}-step schedule" for a, b in results["lengths"]) + ".")
     return f"""# sdedrag `shapes` model
 
@@ -268,7 +231,7 @@ and on a CPU: `--model shapes`.
 
 ## Training
 
-- Command: `sdedrag train-shapes --out DIR --steps {config.steps} --batch-size {config.batch_size} --lr {config.lr} --warmup {config.warmup} \
+- Command: `sdedrag train-shapes --out DIR --train-steps {config.steps} --batch-size {config.batch_size} --lr {config.lr} --warmup {config.warmup} \
 --resolution {config.resolution} --seed {config.seed} --threads {config.threads} --channels {channels} \
 --layers-per-block {config.layers_per_block} --prediction-type {config.scheduler['prediction_type']}`
 - Data: a fresh scene for every training example (scene `i` of seed {config.seed}),

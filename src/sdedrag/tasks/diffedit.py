@@ -24,6 +24,7 @@ from sdedrag.engine import decode, encode
 from sdedrag.engine.steps import forward_step
 from sdedrag.errors import InputError
 from sdedrag.models.base import DiffusionModel
+from sdedrag.settings import DiffEditParams, MaskParams
 from sdedrag.tasks.common import (
     generator_for,
     image_to_latent,
@@ -31,24 +32,6 @@ from sdedrag.tasks.common import (
     paste_inside,
     require_plain_model,
 )
-from sdedrag.tasks.drag import Method
-from sdedrag.tasks.inpaint import check_method
-
-
-@dataclass(frozen=True)
-class MaskParams:
-    """DiffEdit mask settings; the defaults are diffusers' StableDiffusionDiffEditPipeline.generate_mask."""
-
-    strength: float = 0.5  # noise level of the mask's noise draws, as a fraction of T
-    maps: int = 10  # noise draws averaged
-    clamp_ratio: float = 3.0  # the difference map is clamped at this multiple of its mean, then scaled to [0, 1]
-    threshold: float = 0.5  # editable where the scaled difference exceeds this
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.strength <= 1.0:
-            raise InputError(f"mask strength must be in (0, 1], got {self.strength}")
-        if self.maps < 1 or self.clamp_ratio <= 0 or not 0.0 <= self.threshold < 1.0:
-            raise InputError(f"mask maps must be >= 1, clamp ratio > 0 and threshold in [0, 1), got {self}")
 
 
 @dataclass
@@ -83,7 +66,7 @@ def diffedit_mask(
     clamped at ``clamp_ratio`` times its mean, scaled to [0, 1] and thresholded."""
     t = int(model.schedule.grid(steps, params.strength).timesteps[0])
     noise = randn_tensor((params.maps, *x0.shape[1:]), generator=generator, device=x0.device, dtype=x0.dtype)
-    x_t = forward_step(x0, 1.0, float(model.schedule.alpha(t)), noise)
+    x_t = forward_step(x0, 1.0, float(model.schedule.alpha_bar(t)), noise)
     cond = model.stack_conditions([(source, params.maps), (target, params.maps)])
     eps_source, eps_target = model.predict_eps(torch.cat([x_t, x_t]), t, cond, guidance).chunk(2)
     difference = (eps_target - eps_source).abs().mean(dim=(0, 1), keepdim=True)
@@ -98,47 +81,39 @@ def diffedit(
     image: Image.Image,
     source_prompt: str,
     target_prompt: str,
-    method: Method = "sde",
-    steps: int = 50,
-    t0: float = 0.8,
-    order: int = 1,
-    guidance: float = 7.5,
-    seed: int = 0,
-    mask_params: MaskParams = MaskParams(),
-    paste_back: bool = True,
-    feather: float = 4.0,
+    params: DiffEditParams = DiffEditParams(),
     progress: bool = False,
 ) -> DiffEditResult:
     """Edit ``image`` from ``source_prompt`` (describing it) to ``target_prompt`` inside DiffEdit's mask.
 
-    ``method`` sde (Cycle-SDE) or ode (DDIM inversion + sampling), solver ``order`` 1 or 2; the mask and
-    everything else are drawn identically from ``seed``. ``t0`` (DiffEdit's encoding ratio) defaults to
-    diffusers' 0.8. With ``paste_back`` the input's pixels outside the mask are kept exactly.
+    ``params.method`` sde (Cycle-SDE) or ode (DDIM inversion + sampling); the mask and everything else are
+    drawn identically from ``params.seed``. With ``params.paste_back`` the input's pixels outside the mask
+    are kept exactly.
     """
     start_time = time.perf_counter()
-    check_method(method)
     check_prompts(source_prompt, target_prompt)
     require_plain_model(model, "DiffEdit")
-    grid = model.schedule.grid(steps, t0)
-    generator = generator_for(model, seed)
+    grid = model.schedule.grid(params.steps, params.t0)
+    generator = generator_for(model, params.seed)
     x0 = image_to_latent(model, image)
     source, target = model.condition(source_prompt), model.condition(target_prompt)
-    region = diffedit_mask(model, x0, source, target, steps, guidance, mask_params, generator)
+    region = diffedit_mask(model, x0, source, target, params.steps, params.guidance, params.mask, generator)
     if not region.any():
-        raise InputError(f"the DiffEdit mask is empty; lower the mask threshold (now {mask_params.threshold})")
-    if method == "sde":
+        raise InputError(f"the DiffEdit mask is empty; lower the mask threshold (now {params.mask.threshold})")
+    if params.process == "cycle-sde":
         path = encode(model, x0, grid, "cycle-sde", generator=generator, progress=progress)
         latent = decode(
-            model, path.x_t0, path, "cycle-sde", target, order=order, mask=region, guidance=guidance,
+            model, path.x_t0, path, "cycle-sde", target, order=params.order, mask=region, guidance=params.guidance,
             record_cond=source, progress=progress,
         )
     else:
-        path = encode(model, x0, grid, "ode", source, guidance=guidance, progress=progress)
+        path = encode(model, x0, grid, "ode", source, guidance=params.guidance, progress=progress)
         latent = decode(
-            model, path.x_t0, path, "ode", target, order=order, mask=region, guidance=guidance, progress=progress
+            model, path.x_t0, path, "ode", target, order=params.order, mask=region, guidance=params.guidance,
+            progress=progress,
         )
     mask = F.interpolate(region, size=(image.size[1], image.size[0]), mode="nearest")[0, 0].cpu().numpy() > 0
     result = latent_to_image(model, latent, image.size)
-    if paste_back:
-        result = paste_inside(result, image, mask, feather)
+    if params.paste_back:
+        result = paste_inside(result, image, mask, params.feather)
     return DiffEditResult(result, mask, latent, region, time.perf_counter() - start_time)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ from torch import Tensor
 from sdedrag.engine import cosine_ramp, decode, encode, linear_ramp
 from sdedrag.errors import InputError
 from sdedrag.models.base import DiffusionModel
+from sdedrag.settings import DragParams
 from sdedrag.tasks.common import (
     generator_for,
     image_to_latent,
@@ -34,46 +34,6 @@ from sdedrag.tasks.common import (
 )
 
 Point = tuple[float, float]
-Method = Literal["sde", "ode"]
-METHODS: tuple[str, ...] = ("sde", "ode")
-
-
-@dataclass(frozen=True)
-class DragParams:
-    """SDE-Drag settings; the defaults are the paper's DragBench setting."""
-
-    method: Method = "sde"
-    steps: int = 200
-    t0: float = 0.6
-    step_size: float = 2.0  # latent pixels per move
-    radius: int = 5  # latent pixels
-    alpha: float = 1.1  # target patch = alpha * source patch
-    beta: float = 0.3  # source patch = beta * source + sqrt(1 - beta^2) * noise
-    guidance: float = 3.0  # classifier-free guidance at t0, ramping linearly to 1 at t = 0
-    lora_scale_min: float = 0.5  # LoRA scale at t0, rising on a cosine to 1 at t = 0
-    order: int = 1  # 1: DDIM / DDPM steps, 2: (SDE-)DPM-Solver++(2M)
-    seed: int = 0
-    paste_back: bool = True  # keep the input's pixels exactly outside the dilated, feathered mask
-    dilate: float = 8.0  # image pixels
-    feather: float = 8.0  # image pixels
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
-            (self.steps >= 1, "steps must be at least 1"),
-            (0.0 < self.t0 <= 1.0, "t0 must be in (0, 1]"),
-            (self.step_size > 0, "step size must be positive"),
-            (self.radius >= 1, "radius must be at least 1 latent pixel"),
-            (self.alpha > 0, "alpha must be positive"),
-            (0.0 <= self.beta <= 1.0, "beta must be in [0, 1]"),
-            (self.guidance >= 1.0, "guidance must be at least 1"),
-            (0.0 <= self.lora_scale_min <= 1.0, "lora scale minimum must be in [0, 1]"),
-            (self.order in (1, 2), "solver order must be 1 or 2"),
-            (self.dilate >= 0 and self.feather >= 0, "dilate and feather must be non-negative"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(f"{message} (got {asdict(self)})")
 
 
 @dataclass
@@ -86,6 +46,25 @@ class DragResult:
     moves: int  # total number of moves
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DragRequest:
+    """One drag: the image, its point pairs in image pixels (x, y), the editable mask (True = editable, the
+    image's size; None = everything), the prompt describing the image, and the settings."""
+
+    image: Image.Image
+    sources: Sequence[Point]
+    targets: Sequence[Point]
+    mask: np.ndarray | None = None
+    prompt: str = ""
+    params: DragParams = DragParams()
+
+    def __post_init__(self) -> None:
+        validate_points(self.sources, self.targets, self.image.size)
+        width, height = self.image.size
+        if self.mask is not None and self.mask.shape != (height, width):
+            raise InputError(f"mask is {self.mask.shape[1]}x{self.mask.shape[0]} but the image is {width}x{height}")
 
 
 def validate_points(
@@ -167,26 +146,15 @@ def copy_and_paste(
     return x
 
 
-def iter_drag(
-    model: DiffusionModel,
-    image: Image.Image,
-    sources: Sequence[Point],
-    targets: Sequence[Point],
-    mask: np.ndarray | None = None,
-    prompt: str = "",
-    params: DragParams = DragParams(),
-    progress: bool = False,
-) -> Iterator[DragResult]:
+def iter_drag(model: DiffusionModel, request: DragRequest, progress: bool = False) -> Iterator[DragResult]:
     """Run the drag move by move, yielding the result so far after each move (the last one is complete).
 
-    Points are image pixels (x, y); ``mask`` (True = editable, the input's size) is optional. LoRA, if
-    wanted, is applied around this call (see ``sdedrag.session.DragSession``).
+    LoRA, if wanted, is applied around this call (see ``sdedrag.session.DragSession``).
     """
     start = time.perf_counter()
     require_plain_model(model, "drag")
-    source_px, target_px = validate_points(sources, targets, image.size)
-    if mask is not None and mask.shape != (image.size[1], image.size[0]):
-        raise InputError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.size[0]}x{image.size[1]}")
+    image, mask, params = request.image, request.mask, request.params
+    source_px, target_px = validate_points(request.sources, request.targets, image.size)
     generator = generator_for(model, params.seed)
     x = image_to_latent(model, image)
     latent_hw = tuple(x.shape[-2:])
@@ -195,21 +163,21 @@ def iter_drag(
     region = latent_mask(mask, latent_hw, model)
     keep_outside = params.paste_back and region is not None
 
-    cond = model.condition(prompt)
+    cond = model.condition(request.prompt)
     grid = model.schedule.grid(params.steps, params.t0)
     guidance = linear_ramp(grid, 1.0, params.guidance)
     lora_scale = cosine_ramp(grid, 1.0, params.lora_scale_min)
-    process = "cycle-sde" if params.method == "sde" else "ode"
     moves = move_count(source_lat, target_lat, params.step_size)
     displacement = (target_lat - source_lat).astype(np.float64)
-    result = DragResult(image=image, frames=[], latent=x, moves=moves, warnings=targets_outside_mask(targets, mask))
+    warnings = targets_outside_mask(request.targets, mask)
+    result = DragResult(image=image, frames=[], latent=x, moves=moves, warnings=warnings)
     for move in range(moves):
         move_sources = np.round(source_lat + move / moves * displacement).astype(np.int64)
         move_targets = np.round(source_lat + (move + 1) / moves * displacement).astype(np.int64)
-        path = encode(model, x, grid, process, cond, guidance, lora_scale, generator, progress)
+        path = encode(model, x, grid, params.process, cond, guidance, lora_scale, generator, progress)
         edited = copy_and_paste(path.x_t0, move_sources, move_targets, params.radius, params.alpha, params.beta, generator)
         x = decode(
-            model, edited, path, process, cond, order=params.order, mask=region, guidance=guidance,
+            model, edited, path, params.process, cond, order=params.order, mask=region, guidance=guidance,
             lora_scale=lora_scale, generator=generator, progress=progress,
         )
         frame = latent_to_image(model, x, image.size)
@@ -232,17 +200,8 @@ def targets_outside_mask(targets: Sequence[Point], mask: np.ndarray | None) -> l
     ]
 
 
-def drag(
-    model: DiffusionModel,
-    image: Image.Image,
-    sources: Sequence[Point],
-    targets: Sequence[Point],
-    mask: np.ndarray | None = None,
-    prompt: str = "",
-    params: DragParams = DragParams(),
-    progress: bool = False,
-) -> DragResult:
-    """Drag ``sources`` to ``targets``: the complete result of :func:`iter_drag`."""
-    for result in iter_drag(model, image, sources, targets, mask, prompt, params, progress):
+def drag(model: DiffusionModel, request: DragRequest, progress: bool = False) -> DragResult:
+    """Drag the request's sources to its targets: the complete result of :func:`iter_drag`."""
+    for result in iter_drag(model, request, progress):
         pass
     return result

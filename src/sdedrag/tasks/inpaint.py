@@ -1,5 +1,5 @@
 """Inpainting and its SDE counterpart (the paper's inpainting experiment): regenerate the masked region with
-DDIM (ODE) or DDPM (SDE) steps, or DPM-Solver++(2M) vs SDE-DPM-Solver++(2M), from the same start.
+DDIM (ODE) or DDPM (the fresh-noise SDE) steps, or DPM-Solver++(2M) vs SDE-DPM-Solver++(2M), from the same start.
 
 The input's noise-adding path (paper Eq. 7) is recorded to t0. A 9-channel SD inpainting UNet sees the mask
 and the masked-image latent as extra input channels, as in diffusers' StableDiffusionInpaintPipeline; any
@@ -23,6 +23,7 @@ from sdedrag.engine import decode, encode
 from sdedrag.errors import InputError
 from sdedrag.io import image_to_tensor
 from sdedrag.models.base import DiffusionModel
+from sdedrag.settings import InpaintParams
 from sdedrag.tasks.common import (
     fit_to_model,
     generator_for,
@@ -31,10 +32,6 @@ from sdedrag.tasks.common import (
     mask_to_latent,
     paste_inside,
 )
-from sdedrag.tasks.drag import METHODS, Method
-
-DEFAULT_INPAINT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"
-"""The maintained copy of SD 1.5 inpainting (the runwayml id was deleted from the Hub)."""
 
 
 @dataclass
@@ -42,11 +39,6 @@ class InpaintResult:
     image: Image.Image  # at the input's size
     latent: Tensor  # the inpainted x0
     seconds: float
-
-
-def check_method(method: str) -> None:
-    if method not in METHODS:
-        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
 
 
 def check_mask(mask: np.ndarray, size: tuple[int, int]) -> None:
@@ -61,12 +53,8 @@ def inpaint_latent(
     model: DiffusionModel,
     x0: Tensor,
     mask: Tensor,
-    method: Method = "sde",
-    steps: int = 50,
-    t0: float = 1.0,
-    order: int = 1,
+    params: InpaintParams = InpaintParams(),
     cond: Any = None,
-    guidance: float = 1.0,
     mask_rule: bool = True,
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -77,17 +65,16 @@ def inpaint_latent(
     start from pure noise, as in diffusers). ``mask_rule`` keeps the rest on the recorded path at every
     step. The ODE and SDE versions draw the same path and start from ``generator``: only the solver differs.
     """
-    check_method(method)
-    grid = model.schedule.grid(steps, t0)
+    grid = model.schedule.grid(params.steps, params.t0)
     path = encode(model, x0, grid, "sde", generator=generator, progress=progress)
     mask = mask.to(device=x0.device, dtype=x0.dtype)
     start = path.x_t0
-    if t0 == 1.0:
+    if params.t0 == 1.0:
         noise = randn_tensor(start.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         start = torch.lerp(start, noise, mask)
     return decode(
-        model, start, path, method, cond, order=order, mask=mask if mask_rule else None, guidance=guidance,
-        generator=generator, progress=progress,
+        model, start, path, params.process, cond, order=params.order, mask=mask if mask_rule else None,
+        guidance=params.guidance, generator=generator, progress=progress,
     )
 
 
@@ -106,26 +93,17 @@ def inpaint(
     image: Image.Image,
     mask: np.ndarray,
     prompt: str = "",
-    method: Method = "sde",
-    steps: int = 50,
-    t0: float = 1.0,
-    order: int = 1,
-    guidance: float = 7.5,
-    seed: int = 0,
-    paste_back: bool = True,
-    feather: float = 4.0,
+    params: InpaintParams = InpaintParams(),
     progress: bool = False,
 ) -> InpaintResult:
     """Regenerate the ``mask`` region (boolean HxW of the image's size, True = regenerate) of ``image``.
 
-    ``method`` sde/ode with ``order`` 1 (DDPM/DDIM) or 2 ((SDE-)DPM-Solver++(2M)); ``t0`` < 1 starts from the
-    noisy input instead of pure noise. With ``paste_back`` every pixel outside the mask is the input's, and
-    the mask's edge is feathered over ``feather`` pixels inward.
+    ``params.t0`` < 1 starts from the noisy input instead of pure noise. With ``params.paste_back`` every pixel
+    outside the mask is the input's, and the mask's edge is feathered over ``params.feather`` pixels inward.
     """
     start_time = time.perf_counter()
-    check_method(method)
     check_mask(mask, image.size)
-    generator = generator_for(model, seed)
+    generator = generator_for(model, params.seed)
     x0 = image_to_latent(model, image)
     region = mask_to_latent(mask, tuple(x0.shape[-2:]), model)
     cond = model.condition(prompt)
@@ -133,10 +111,9 @@ def inpaint(
     if inpainting_unet:
         cond = replace(cond, extra=inpainting_channels(model, image, mask, region))
     latent = inpaint_latent(
-        model, x0, region, method, steps, t0, order, cond, guidance, mask_rule=not inpainting_unet,
-        generator=generator, progress=progress,
+        model, x0, region, params, cond, mask_rule=not inpainting_unet, generator=generator, progress=progress
     )
     result = latent_to_image(model, latent, image.size)
-    if paste_back:
-        result = paste_inside(result, image, mask, feather)
+    if params.paste_back:
+        result = paste_inside(result, image, mask, params.feather)
     return InpaintResult(result, latent, time.perf_counter() - start_time)

@@ -1,5 +1,5 @@
 """SDEdit and its ODE baseline: noise the input to t0 (paper Eq. 7) and solve back under a target prompt
-with the SDE (DDPM / SDE-DPM-Solver++(2M)) or the ODE (DDIM / DPM-Solver++(2M)) from the same noisy start."""
+with the fresh-noise SDE (DDPM / SDE-DPM-Solver++(2M)) or the ODE (DDIM / DPM-Solver++(2M)) from the same noisy start."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from torch import Tensor
 
 from sdedrag.engine import decode, encode
 from sdedrag.models.base import DiffusionModel
+from sdedrag.settings import SDEditParams
 from sdedrag.tasks.common import generator_for, image_to_latent, latent_to_image, require_plain_model
-from sdedrag.tasks.drag import Method
-from sdedrag.tasks.inpaint import check_method
 
 
 @dataclass
@@ -27,25 +26,19 @@ def sdedit(
     model: DiffusionModel,
     image: Image.Image,
     prompt: str = "",
-    method: Method = "sde",
-    steps: int = 50,
-    t0: float = 0.5,
-    order: int = 1,
-    guidance: float = 7.5,
-    seed: int = 0,
+    params: SDEditParams = SDEditParams(),
     progress: bool = False,
 ) -> SDEditResult:
-    """Translate ``image`` toward ``prompt``: noise it to ``t0`` and decode with ``method`` (sde/ode) and
-    solver ``order``; both methods draw the same noisy start from ``seed``."""
+    """Translate ``image`` toward ``prompt``: noise it to ``params.t0`` and decode with the fresh-noise SDE or
+    the ODE; both methods draw the same noisy start from ``params.seed``."""
     start_time = time.perf_counter()
-    check_method(method)
     require_plain_model(model, "SDEdit")
-    generator = generator_for(model, seed)
+    generator = generator_for(model, params.seed)
     x0 = image_to_latent(model, image)
-    grid = model.schedule.grid(steps, t0)
+    grid = model.schedule.grid(params.steps, params.t0)
     path = encode(model, x0, grid, "sde", generator=generator, progress=progress)
     latent = decode(
-        model, path.x_t0, path, method, model.condition(prompt), order=order, guidance=guidance,
-        generator=generator, progress=progress,
+        model, path.x_t0, path, params.process, model.condition(prompt), order=params.order,
+        guidance=params.guidance, generator=generator, progress=progress,
     )
     return SDEditResult(latent_to_image(model, latent, image.size), latent, time.perf_counter() - start_time)

@@ -18,9 +18,8 @@ import gradio as gr
 from PIL import Image
 
 from sdedrag.errors import InputError, SdedragError
-from sdedrag.lora import LoraSettings
 from sdedrag.session import DragSession
-from sdedrag.tasks.drag import DragParams
+from sdedrag.settings import DragParams, LoraSettings
 from sdedrag.ui import DEFAULT_MAX_PIXELS, handlers
 from sdedrag.ui.handlers import OPTION_TYPES, Points
 
@@ -141,7 +140,7 @@ def build_app(
                 radius = gr.Slider(1, 20, drag_defaults.radius, step=1, label="Patch radius (latent pixels)",
                                    elem_id="radius")
             with gr.Row():
-                alpha = gr.Slider(0.5, 2.0, drag_defaults.alpha, step=0.05, label="alpha (target amplification)",
+                alpha = gr.Slider(0.5, 2.0, drag_defaults.alpha, step=0.05, label="alpha (patch gain: target = alpha x source)",
                                   elem_id="alpha")
                 beta = gr.Slider(0.0, 1.0, drag_defaults.beta, step=0.05, label="beta (source signal kept)",
                                  elem_id="beta")

@@ -5,7 +5,6 @@ Errors are :class:`sdedrag.errors.InputError`; ``app.py`` shows them in the page
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,13 +14,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from sdedrag.cli import drag as drag_cli
-from sdedrag.cli.common import Parser
 from sdedrag.errors import InputError
-from sdedrag.lora import default_cache_root
-from sdedrag.models import DTYPES
+from sdedrag.runs import request_args, session_args, settings_args, settings_from_args, write_drag_run
 from sdedrag.session import DragSession
-from sdedrag.tasks.drag import validate_points
+from sdedrag.settings import DragParams, LoraSettings
+from sdedrag.tasks.drag import DragRequest
 from sdedrag.ui import DEFAULT_MAX_PIXELS
 from sdedrag.visualize import draw_drag_arrows
 
@@ -128,26 +125,16 @@ def points_status(points: Points) -> str:
     return f"{pairs} pair(s): click a source point (red), then its target (blue)"
 
 
-def drag_args(session: DragSession, points: Points, options: Mapping[str, Any], has_mask: bool) -> argparse.Namespace:
-    """The `sdedrag drag` arguments of a UI run (its defaults, the page's options, the session's model and
-    LoRA cache), with the input and mask as ``input.png`` / ``mask.png`` beside run.json."""
-    parser = Parser(prog="sdedrag drag")
-    drag_cli.add_arguments(parser)
-    args = parser.parse_args([])
+def drag_settings(options: Mapping[str, Any]) -> tuple[str, DragParams, LoraSettings | None]:
+    """The prompt, drag settings and LoRA settings (None when off) the page's options set; options the page
+    does not show keep their defaults."""
+    values = {}
     for name, value in options.items():
         if value is None:
             raise InputError(f"{name.replace('_', ' ')} is empty")
-        setattr(args, name, OPTION_TYPES[name](value))
-    sources, targets = split_points(points)
-    args.source, args.target = [list(p) for p in sources], [list(p) for p in targets]
-    args.image, args.mask = "input.png", "mask.png" if has_mask else None
-    root = session.lora_cache.root
-    args.lora_cache = None if root == default_cache_root() else str(root)
-    model = session.model
-    args.model = model.name
-    args.device = str(model.device)
-    args.dtype = next(name for name, dtype in DTYPES.items() if dtype == model.dtype)
-    return args
+        values[name] = OPTION_TYPES[name](value)
+    params, lora = settings_from_args({**settings_args(DragParams(), LoraSettings()), **values})
+    return values.get("prompt", ""), params, lora
 
 
 @dataclass
@@ -184,14 +171,12 @@ def run_drag(
     if len(sources) != len(targets):
         raise InputError(f"the last source point has no target: click its target (or undo it); got "
                          f"{len(sources)} sources and {len(targets)} targets")
-    validate_points(sources, targets, image.size)
-    args = drag_args(session, points, options, mask is not None)
-    params = drag_cli.drag_params(args)
-    lora = drag_cli.lora_settings(args)
+    prompt, params, lora = drag_settings(options)
+    request = DragRequest(image, sources, targets, mask, prompt, params)
 
     start = "LoRA (trained once per image, then cached) and encoding..." if lora else "Encoding..."
     yield RunUpdate(image, 0, 0, start)
-    for result in session.stream(image, sources, targets, mask, args.prompt, params, lora):
+    for result in session.stream(request, lora):
         if len(result.frames) < result.moves:
             yield RunUpdate(result.image, len(result.frames), result.moves,
                             f"Move {len(result.frames)} of {result.moves} done.")
@@ -202,7 +187,12 @@ def run_drag(
     if mask is not None:
         mask_file = folder / "mask.png"
         Image.fromarray(mask.astype(np.uint8) * 255).save(mask_file)
-    drag_cli.write_outputs(folder, args, image, mask, result, folder / "input.png", mask_file)
+    args = {
+        **request_args(request, "input.png", "mask.png" if mask_file else None),
+        **settings_args(params, lora),
+        **session_args(session),
+    }
+    write_drag_run(folder, request, result, args, folder / "input.png", mask_file)
     files = [folder / name for name in ("result.png", "trajectory.gif", "run.json", "input.png")]
     files += [mask_file] if mask_file else []
     timings = ", ".join(f"{name.removesuffix('_seconds')} {seconds:.1f} s" for name, seconds in result.timings.items())

@@ -1,0 +1,235 @@
+"""Settings as data, and the words every layer shares, importable without torch (the CLI builds its options here).
+
+``method`` names the pair a paper experiment compares, ``sde`` or ``ode``; which process ``sde`` means differs
+by task and is spelled out by each settings' ``process``: drag and DiffEdit decode with **Cycle-SDE** (the noise
+recorded while encoding, Eq. 8), SDEdit and inpainting with the **fresh-noise SDE** (DDPM). ``alpha`` in
+:class:`DragParams` is the paper's patch gain; the schedule's cumulative product is always ``alpha_bar``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal, get_args
+
+from sdedrag.errors import InputError
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_INPAINT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+"""The maintained copies of SD 1.5 and SD 1.5 inpainting (the runwayml ids were deleted from the Hub)."""
+BUILTIN_MODELS = ("tiny", "tiny-inpaint", "tiny-xl", "shapes", "shapes-sd")
+DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16")
+
+Process = Literal["sde", "ode", "cycle-sde"]
+PROCESSES: tuple[str, ...] = ("cycle-sde", "sde", "ode")
+Method = Literal["sde", "ode"]
+METHODS: tuple[str, ...] = get_args(Method)
+CYCLE_SDE: dict[str, Process] = {"sde": "cycle-sde", "ode": "ode"}
+"""Drag and DiffEdit: ``sde`` is Cycle-SDE (recorded noise), ``ode`` is DDIM inversion and DDIM."""
+FRESH_SDE: dict[str, Process] = {"sde": "sde", "ode": "ode"}
+"""SDEdit and inpainting: ``sde`` draws fresh noise at every step (DDPM), ``ode`` is DDIM."""
+ORDERS = (1, 2)
+"""Solver order: 1 DDIM / DDPM steps, 2 (SDE-)DPM-Solver++(2M)."""
+
+
+def check(settings: object, *conditions: tuple[bool, str]) -> None:
+    """Raise a one-line InputError naming the first failed condition and the settings."""
+    for ok, message in conditions:
+        if not ok:
+            raise InputError(f"{message} (got {settings})")
+
+
+def solver_conditions(method: str, steps: int, t0: float, order: int, guidance: float) -> tuple[tuple[bool, str], ...]:
+    """The conditions every task's solver settings meet."""
+    return (
+        (method in METHODS, f"method must be one of {', '.join(METHODS)}"),
+        (steps >= 1, "steps must be at least 1"),
+        (0.0 < t0 <= 1.0, "t0 must be in (0, 1]"),
+        (order in ORDERS, "solver order must be 1 or 2"),
+        (guidance >= 1.0, "guidance must be at least 1"),
+    )
+
+
+@dataclass(frozen=True)
+class DragParams:
+    """SDE-Drag settings; the defaults are the paper's DragBench setting."""
+
+    method: Method = "sde"  # sde: SDE-Drag (Cycle-SDE), ode: ODE-Drag (DDIM inversion)
+    steps: int = 200
+    t0: float = 0.6
+    step_size: float = 2.0  # latent pixels per move
+    radius: int = 5  # latent pixels
+    alpha: float = 1.1  # the paper's patch gain: target patch = alpha * source patch
+    beta: float = 0.3  # source patch = beta * source + sqrt(1 - beta^2) * noise
+    guidance: float = 3.0  # classifier-free guidance at t0, ramping linearly to 1 at t = 0
+    lora_scale_min: float = 0.5  # LoRA scale at t0, rising on a cosine to 1 at t = 0
+    order: int = 1
+    seed: int = 0
+    paste_back: bool = True  # keep the input's pixels exactly outside the dilated, feathered mask
+    dilate: float = 8.0  # image pixels
+    feather: float = 8.0  # image pixels
+
+    def __post_init__(self) -> None:
+        check(
+            asdict(self),
+            *solver_conditions(self.method, self.steps, self.t0, self.order, self.guidance),
+            (self.step_size > 0, "step size must be positive"),
+            (self.radius >= 1, "radius must be at least 1 latent pixel"),
+            (self.alpha > 0, "alpha must be positive"),
+            (0.0 <= self.beta <= 1.0, "beta must be in [0, 1]"),
+            (0.0 <= self.lora_scale_min <= 1.0, "lora scale minimum must be in [0, 1]"),
+            (self.dilate >= 0 and self.feather >= 0, "dilate and feather must be non-negative"),
+        )
+
+    @property
+    def process(self) -> Process:
+        return CYCLE_SDE[self.method]
+
+
+@dataclass(frozen=True)
+class InpaintParams:
+    """SDE / ODE inpainting settings; ``t0`` = 1 starts from pure noise inside the mask."""
+
+    method: Method = "sde"  # sde: fresh-noise SDE (DDPM), ode: DDIM
+    steps: int = 50
+    t0: float = 1.0
+    order: int = 1
+    guidance: float = 7.5
+    seed: int = 0
+    paste_back: bool = True  # keep every input pixel outside the mask
+    feather: float = 4.0  # paste-back edge width inside the mask, image pixels
+
+    def __post_init__(self) -> None:
+        check(self, *solver_conditions(self.method, self.steps, self.t0, self.order, self.guidance),
+              (self.feather >= 0, "feather must be non-negative"))
+
+    @property
+    def process(self) -> Process:
+        return FRESH_SDE[self.method]
+
+
+@dataclass(frozen=True)
+class SDEditParams:
+    """SDEdit settings: noise the input to ``t0`` and solve back under the target prompt."""
+
+    method: Method = "sde"  # sde: fresh-noise SDE (DDPM), ode: DDIM
+    steps: int = 50
+    t0: float = 0.5
+    order: int = 1
+    guidance: float = 7.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self, *solver_conditions(self.method, self.steps, self.t0, self.order, self.guidance))
+
+    @property
+    def process(self) -> Process:
+        return FRESH_SDE[self.method]
+
+
+@dataclass(frozen=True)
+class MaskParams:
+    """DiffEdit mask settings; the defaults are diffusers' StableDiffusionDiffEditPipeline.generate_mask."""
+
+    strength: float = 0.5  # noise level of the mask's noise draws, as a fraction of T
+    maps: int = 10  # noise draws averaged
+    clamp_ratio: float = 3.0  # the difference map is clamped at this multiple of its mean, then scaled to [0, 1]
+    threshold: float = 0.5  # editable where the scaled difference exceeds this
+
+    def __post_init__(self) -> None:
+        check(
+            self,
+            (0.0 < self.strength <= 1.0, "mask strength must be in (0, 1]"),
+            (self.maps >= 1, "mask maps must be at least 1"),
+            (self.clamp_ratio > 0, "mask clamp ratio must be positive"),
+            (0.0 <= self.threshold < 1.0, "mask threshold must be in [0, 1)"),
+        )
+
+
+@dataclass(frozen=True)
+class DiffEditParams:
+    """DiffEdit settings; ``t0`` is DiffEdit's encoding ratio (diffusers' default 0.8)."""
+
+    method: Method = "sde"  # sde: Cycle-SDE (recorded noise), ode: DDIM inversion and DDIM
+    steps: int = 50
+    t0: float = 0.8
+    order: int = 1
+    guidance: float = 7.5
+    seed: int = 0
+    mask: MaskParams = field(default_factory=MaskParams)
+    paste_back: bool = True  # keep every input pixel outside the mask
+    feather: float = 4.0  # paste-back edge width inside the mask, image pixels
+
+    def __post_init__(self) -> None:
+        check(self, *solver_conditions(self.method, self.steps, self.t0, self.order, self.guidance),
+              (self.feather >= 0, "feather must be non-negative"))
+
+    @property
+    def process(self) -> Process:
+        return CYCLE_SDE[self.method]
+
+
+@dataclass(frozen=True)
+class ReconstructParams:
+    """Reconstruction settings: encode to ``t0`` with ``process`` and decode back unedited."""
+
+    process: Process = "cycle-sde"
+    steps: int = 50
+    t0: float = 1.0
+    order: int = 1
+    guidance: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(
+            self,
+            (self.process in PROCESSES, f"process must be one of {', '.join(PROCESSES)}"),
+            *solver_conditions("sde", self.steps, self.t0, self.order, self.guidance),
+        )
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """How the per-image LoRA is trained; ``alpha`` is LoRA's own (scaling = alpha / rank; None means rank)."""
+
+    rank: int = 16
+    steps: int = 100
+    learning_rate: float = 2e-4
+    alpha: float | None = None
+    batch_size: int = 1
+    weight_decay: float = 1e-2
+    target_modules: tuple[str, ...] = field(default=("to_q", "to_k", "to_v", "to_out.0"))
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        check(
+            self,
+            (_is_int(self.rank) and self.rank >= 1, "LoRA rank must be a positive integer"),
+            (_is_int(self.steps) and self.steps >= 1, "LoRA steps must be a positive integer"),
+            (_is_int(self.batch_size) and self.batch_size >= 1, "LoRA batch size must be a positive integer"),
+            (_is_int(self.seed) and 0 <= self.seed < 2**63, "LoRA seed must be an integer in [0, 2^63)"),
+            (_positive(self.learning_rate), "LoRA learning rate must be a positive number"),
+            (self.alpha is None or _positive(self.alpha), "LoRA alpha must be a positive number (or None for rank)"),
+            (_positive(self.weight_decay) or self.weight_decay == 0, "LoRA weight decay must be a non-negative number"),
+            (
+                bool(self.target_modules) and all(isinstance(m, str) and m for m in self.target_modules),
+                "LoRA target modules must be a non-empty list of module names",
+            ),
+        )
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
+
+    def to_dict(self) -> dict:
+        """The settings with alpha resolved (what the cache key and the cache's info.json hold)."""
+        return {**asdict(self), "alpha": self.lora_alpha, "target_modules": list(self.target_modules)}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
