@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,47 +31,10 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from sdedrag.engine.schedule import SD_SCHEDULER_CONFIG
 from sdedrag.shapes.captions import build_tokenizer, caption
-from sdedrag.shapes.data import image_tensor, sample_scene
+from sdedrag.shapes.data import sample_scene
+from sdedrag.shapes.sd_settings import KL_WEIGHT, SDTrainConfig
 from sdedrag.shapes.train import loss_curve
-
-SCHEDULER_CONFIG: dict[str, Any] = {**SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction"}
-"""SD's scaled-linear betas and leading spacing, with SD 2.x's v-prediction target: after a short CPU run an
-epsilon model's x0 estimate near T divides its error by sqrt(alpha-bar_T) = 0.07 and samples saturate."""
-KL_WEIGHT = 1e-6
-"""SD's VAE KL weight, relative to a per-pixel reconstruction loss summed over the image."""
-
-
-@dataclass
-class SDTrainConfig:
-    """Everything that determines a ``shapes-sd`` training run (stored as training_config.json)."""
-
-    resolution: int = 192
-    max_shapes: int = 3
-    pool: int = 3072
-    seed: int = 0
-    threads: int = 1
-    vae_steps: int = 800
-    vae_batch: int = 16
-    vae_crop: int = 64
-    vae_lr: float = 1e-3
-    vae_channels: tuple[int, ...] = (16, 32, 64, 64)
-    unet_steps: int = 1500
-    unet_batch: int = 32
-    unet_lr: float = 1e-3
-    warmup: int = 100
-    weight_decay: float = 0.01
-    unet_channels: tuple[int, ...] = (32, 64, 128)
-    attention_heads: int = 4
-    text_dim: int = 64
-    text_layers: int = 2
-    caption_dropout: float = 0.1
-    ema_decay: float = 0.999
-    checkpoint_every: int = 100
-    save_dtype: str = "float16"
-    """Of the VAE and UNet; the text encoder (0.1 M parameters) is always stored in float32."""
-    scheduler: dict[str, Any] = field(default_factory=lambda: dict(SCHEDULER_CONFIG))
 
 
 def build_vae(config: SDTrainConfig) -> AutoencoderKL:

@@ -1,0 +1,216 @@
+"""Checks that ``shapes-sd`` is a working model, and its model card.
+
+- VAE: PSNR of the posterior-mean round trip on held-out scenes.
+- Caption adherence: samples from held-out captions (stock ``StableDiffusionPipeline``, DDIM, classifier-free
+  guidance) checked with ShapesBench's colour detector: every named colour is present as a shape-sized
+  region of the named kind, and no unnamed palette colour is.
+- Cycle-SDE: the latent relative error of an unedited encode and decode (zero up to float rounding).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio
+
+from sdedrag.models.stable_diffusion import StableDiffusion
+from sdedrag.settings import ReconstructParams
+from sdedrag.shapes.captions import caption, named_shapes
+from sdedrag.shapes.data import PALETTE, SIZE_RANGE, sample_scene
+from sdedrag.shapes.metrics import MIN_FRACTION, colour_regions
+from sdedrag.shapes.train import image_grid
+from sdedrag.shapes.sd_settings import SDTrainConfig
+from sdedrag.tasks.reconstruct import reconstruct
+
+SQUARE_EXTENT = 0.9
+"""A region filling more than this fraction of its bounding box is a square (a disc fills pi / 4 = 0.79)."""
+GUIDANCE = 5.0
+SAMPLE_STEPS = 50
+
+
+@dataclass(frozen=True)
+class Adherence:
+    """How one sample matches its caption."""
+
+    caption: str
+    colours: bool  # every named colour is present as a shape-sized region
+    kinds: bool  # ... and its largest region has the named kind
+    extras: int  # unnamed palette colours present as shape-sized regions
+
+    @property
+    def exact(self) -> bool:
+        return self.kinds and self.extras == 0
+
+
+def min_shape_area(resolution: int) -> float:
+    """MIN_FRACTION of the smallest shape the data can hold (a disc of the smallest size)."""
+    return MIN_FRACTION * np.pi * (SIZE_RANGE[0] * resolution) ** 2
+
+
+def kind_of(extent: float) -> str:
+    """ "square" or "disc" from a region's area / bounding-box area."""
+    return "square" if extent > SQUARE_EXTENT else "disc"
+
+
+def adherence(image: np.ndarray, text: str) -> Adherence:
+    """Check a uint8 [H, W, 3] sample against the shapes its caption names."""
+    min_area = min_shape_area(image.shape[0])
+    regions = {colour: colour_regions(image, rgb, min_area=min_area) for colour, rgb in PALETTE.items()}
+    named = named_shapes(text)
+    colours = all(regions[c] for c, _ in named)
+    kinds = colours and all(kind_of(regions[c][0].extent) == k for c, k in named)
+    extras = sum(1 for c in PALETTE if regions[c] and c not in {c for c, _ in named})
+    return Adherence(text, colours, kinds, extras)
+
+
+def held_out(config: SDTrainConfig, count: int) -> list:
+    """``count`` scenes the model never saw (the data seed after the training seed)."""
+    return [sample_scene(np.random.default_rng([config.seed + 1, i]), config.resolution, config.max_shapes)
+            for i in range(count)]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
+def vae_psnr(pipe: StableDiffusionPipeline, scenes: Sequence) -> list[float]:
+    """PSNR (dB) of each scene's VAE round trip (posterior mean)."""
+    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    decoded = to_uint8(pipe.vae.decode(pipe.vae.encode(images).latent_dist.mean).sample)
+    return [float(peak_signal_noise_ratio(s.image, d)) for s, d in zip(scenes, decoded, strict=True)]
+
+
+@torch.no_grad()
+def sample_captions(pipe: StableDiffusionPipeline, captions: Sequence[str], resolution: int, seed: int = 0,
+                    guidance: float = GUIDANCE, steps: int = SAMPLE_STEPS, batch: int = 8) -> np.ndarray:
+    """One stock-pipeline sample per caption, uint8 [N, H, W, 3]."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, len(captions), batch):
+        images = pipe(list(captions[start : start + batch]), height=resolution, width=resolution,
+                      num_inference_steps=steps, guidance_scale=guidance, generator=generator, output_type="np").images
+        out.append((images * 255).round().astype(np.uint8))
+    return np.concatenate(out)
+
+
+def run_checks(folder: str | os.PathLike, config: SDTrainConfig, samples: int = 64) -> dict[str, Any]:
+    """VAE PSNR, caption adherence over ``samples`` held-out captions and Cycle-SDE reconstruction; writes
+    samples.png (the first 32 samples) and checks.json into ``folder``."""
+    folder = Path(folder)
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    scenes = held_out(config, samples)
+    psnr = vae_psnr(pipe, scenes)
+    captions = [caption(s) for s in scenes]
+    images = sample_captions(pipe, captions, config.resolution)
+    checks = [adherence(image, text) for image, text in zip(images, captions, strict=True)]
+    tiles = torch.from_numpy(images[:32]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    image_grid(tiles, columns=8, scale=1).save(folder / "samples.png")
+    model = StableDiffusion(pipe, name=str(folder))
+    cycle = reconstruct(model, Image.fromarray(scenes[0].image), captions[0],
+                        ReconstructParams(process="cycle-sde", steps=50, t0=0.6))
+    results = {
+        "vae_psnr": float(np.mean(psnr)),
+        "vae_psnr_min": float(np.min(psnr)),
+        "adherence": float(np.mean([c.exact for c in checks])),
+        "colour_rate": float(np.mean([c.colours for c in checks])),
+        "kind_rate": float(np.mean([c.kinds for c in checks])),
+        "samples": samples,
+        "guidance": GUIDANCE,
+        "sample_steps": SAMPLE_STEPS,
+        "cycle_sde_latent_rel_error": cycle.latent_rel_error,
+        "per_sample": [{**asdict(c), "exact": c.exact} for c in checks],
+    }
+    (folder / "checks.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def write_model_card(folder: str | os.PathLike, config: SDTrainConfig, results: dict[str, Any],
+                     samples: int = 64) -> dict[str, Any]:
+    """Run the checks and write the folder's README.md; returns the checks' summary."""
+    checks = {k: v for k, v in run_checks(folder, config, samples).items() if k != "per_sample"}
+    (Path(folder) / "README.md").write_text(model_card(config, results, checks))
+    return checks
+
+
+def model_card(config: SDTrainConfig, results: dict[str, Any], checks: dict[str, Any]) -> str:
+    """The model folder's README.md."""
+    params = results["parameters"]
+    latent = config.resolution // 2 ** (len(config.vae_channels) - 1)
+    lengths = results["lengths"]
+    length_note = "" if len(lengths) == 1 else (
+        "\n- The UNet run was resumed with another step count: "
+        + ", then ".join(f"from step {a} a {b}-step run" for a, b in lengths) + " (constant learning rate, so "
+        "only the length changed).")
+    return f"""# sdedrag `shapes-sd` model
+
+A small text-to-image latent diffusion model with Stable Diffusion 1.x's pipeline classes, trained on this
+project's CPU: `AutoencoderKL` ({params['vae'] / 1e6:.2f} M parameters, 4 latent channels, 8x downsampling),
+`CLIPTextModel` ({params['text_encoder'] / 1e6:.2f} M) with an offline word-level CLIP BPE tokenizer, and a
+cross-attention `UNet2DConditionModel` ({params['unet'] / 1e6:.2f} M), {results['weights_bytes'] / 1e6:.1f} MB of
+weights (VAE and UNet in {config.save_dtype}, text encoder in float32). It draws {config.resolution}x{config.resolution}
+ShapesBench scenes (`sdedrag.shapes.data`; {latent}x{latent} latents) from captions such as
+"a red disc, a blue square and a yellow disc on a gradient background" (`sdedrag.shapes.captions`: shapes named
+left to right by colour and kind, and the background kind; no positions, so a drag never contradicts the prompt).
+`StableDiffusionPipeline.from_pretrained` loads this folder with stock diffusers; in sdedrag it is `--model shapes-sd`
+and goes through exactly the Stable Diffusion code path.
+
+## Checks
+
+- VAE reconstruction (posterior mean), {checks['samples']} held-out scenes: PSNR {checks['vae_psnr']:.1f} dB on average,
+  {checks['vae_psnr_min']:.1f} dB at worst.
+- Caption adherence, {checks['samples']} held-out captions, {checks['sample_steps']}-step DDIM with guidance {checks['guidance']:g}
+  (stock pipeline): every named colour present as a shape-sized region in {checks['colour_rate']:.0%} of samples,
+  also of the named kind in {checks['kind_rate']:.0%}, and with no unnamed colour as well (**adherence**) in
+  {checks['adherence']:.0%}. Detector: ShapesBench's colour regions (`sdedrag.shapes.metrics.colour_regions`, tolerance 60),
+  a region counting when it has at least a quarter of the smallest shape's area; a region filling more than
+  {SQUARE_EXTENT} of its bounding box is a square. Per-sample results: `checks.json`.
+- Cycle-SDE reconstruction (50 steps, t0 = 0.6, with the caption): latent relative error
+  {checks['cycle_sde_latent_rel_error']:.1e}, i.e. exact up to float rounding.
+
+The first 32 adherence samples (captions in `checks.json`):
+
+![samples](samples.png)
+
+## Using it at SD's settings
+
+A latent pixel is 8 image pixels, as on SD, but the image is {config.resolution} px instead of 512: shapes have radius
+{config.resolution * SIZE_RANGE[0]:.0f}-{config.resolution * SIZE_RANGE[1]:.0f} px ({config.resolution * SIZE_RANGE[0] / 8:.1f}-{config.resolution * SIZE_RANGE[1] / 8:.1f} latent px) and ShapesBench drags are
+{config.resolution * 0.25:.0f}-{config.resolution * 0.45:.0f} px long. The paper's patch radius of 5 latent px covers a whole shape here;
+scale it with the image ({5 * config.resolution / 512:.1f} latent px at {config.resolution} px) or set it to the shape's radius in latent
+pixels; the step size of 2 latent px (16 image px) keeps its meaning.
+
+## Training
+
+- Data: a pool of {config.pool} scenes (seed {config.seed}) rendered once; captions from their ground truth, dropped to ""
+  with probability {config.caption_dropout} (classifier-free guidance).
+- VAE: {results['vae_steps']} AdamW steps of {config.vae_batch} random {config.vae_crop}x{config.vae_crop} crops, L1 plus SD's KL weight
+  (1e-6 per summed pixel), learning rate {config.vae_lr} with cosine decay; no mid-block attention, so it runs at any size.
+  Scaling factor {results['scaling_factor']:.4f} (1 / std of the pool's latents). Final L1 (mean of the last 100 steps)
+  {results['vae_final_l1']:.4f}; {results['vae_minutes']:.0f} min.
+- UNet and text encoder, trained together: {results['unet_steps']} AdamW steps of batch {config.unet_batch} on the pool's latents
+  (a fresh posterior sample each time), learning rate {config.unet_lr} after {config.warmup} warmup steps, gradient clipping
+  at 1, EMA with warmup up to decay {config.ema_decay} (the saved weights). Scheduler: SD's (scaled-linear betas
+  0.00085-0.012, 1000 steps, leading spacing) with the v-prediction target (as SD 2.x): after a short CPU run an
+  epsilon model's x0 estimate near T divides its error by sqrt(alpha-bar_T) = 0.07. Final loss (mean of the last
+  100 steps) {results['unet_final_loss']:.4f}; {results['unet_minutes']:.0f} min.{length_note}
+- Wall time on {config.threads} CPU thread (a 2-core machine shared with other work, at nice 5): rendering
+  {results['render_minutes']:.0f} min, VAE {results['vae_minutes']:.0f} min, encoding the pool {results['encode_minutes']:.0f} min,
+  UNet {results['unet_minutes']:.0f} min.
+- Command: `sdedrag train-shapes-sd --out DIR --resolution {config.resolution} --pool {config.pool} --vae-steps {config.vae_steps} \
+--unet-steps {results['unet_steps']} --unet-batch {config.unet_batch} --seed {config.seed} --threads {config.threads}`;
+  full configuration: `training_config.json`; per-step losses: `vae_loss_log.csv`, `unet_loss_log.csv`.
+
+![UNet loss](loss.png)
+"""
