@@ -10,7 +10,7 @@ import torch
 from scipy.stats import norm
 
 from sdedrag.cli import main
-from sdedrag.engine.steps import eta_step_mean
+from sdedrag.engine.steps import eta_step
 from sdedrag.errors import InputError
 from sdedrag.theory import TheoryConfig, run_theory
 from sdedrag.theory.checks import TOLERANCES, checks
@@ -116,7 +116,7 @@ def test_density_evolution_is_exact_for_gaussian_data():
         densities = evolve_density(model, grid, x, norm.pdf(x, mean, var**0.5)[None])
         positions, log_slope = characteristics(model, grid, np.array([0.0, 1.0]))
         for i, (p, _) in enumerate(densities):
-            a = float(grid.alphas[i])
+            a = float(grid.alpha_bars[i])
             m_true, s_true = np.sqrt(a) * 0.5, np.sqrt(a * 0.64 + 1 - a)
             gaussian_kl = np.log(s_true / var**0.5) + (var + (mean - m_true) ** 2) / (2 * s_true**2) - 0.5
             assert kl_on_grid(p, log_density(model, x, a), x[1] - x[0])[0] == pytest.approx(gaussian_kl, abs=1e-7)
@@ -124,7 +124,7 @@ def test_density_evolution_is_exact_for_gaussian_data():
                 break
             t, a_t, a_s = grid.interval(i)
             points = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
-            step, sigma = eta_step_mean(points, model.predict_eps(points, t), a_t, a_s, 1.0)
+            step, sigma = eta_step(points, model.predict_eps(points, t), a_t, a_s, 1.0)
             slope, offset = float(step[1] - step[0]), float(step[0])
             mean, var = slope * mean + offset, slope**2 * var + sigma**2
     ddim_slope = np.exp(log_slope[-1, 0])
@@ -150,7 +150,7 @@ def test_particle_kl_estimator_recovers_known_gaps():
 def test_cycle_sde_eps_cache_changes_nothing(monkeypatch):
     model = build_mixture([0.5, 0.5], [-1.0, 1.0], [0.3, 0.3])
     grid = model.schedule.grid(50, 1.0)
-    family = prior_family(model, float(grid.alphas[0]), 1.0, 1.0)
+    family = prior_family(model, float(grid.alpha_bars[0]), 1.0, 1.0)
     cached = cycle_curves(model, grid, family, 300, [0, 25, 50], seed=3)
     monkeypatch.setattr(kl_study, "RecordedEpsCache", lambda model, batch: model)
     direct = cycle_curves(model, grid, family, 300, [0, 25, 50], seed=3)

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Grid": "sdedrag.engine",
     "NoiseSchedule": "sdedrag.engine",
-    "Path": "sdedrag.engine",
+    "Trajectory": "sdedrag.engine",
     "decode": "sdedrag.engine",
     "encode": "sdedrag.engine",
     "DEFAULT_MODEL": "sdedrag.models",

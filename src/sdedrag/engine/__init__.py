@@ -1,18 +1,21 @@
-"""The editing engine: schedules, the paper's step equations, and the encode/decode path API."""
+"""The editing engine: schedules, the paper's step equations, and the encode/decode trajectory API."""
 
-from sdedrag.engine.paths import PROCESSES, Path, Process, decode, encode, per_step
+from sdedrag.engine.model import EpsModel
+from sdedrag.engine.paths import PROCESSES, Process, Trajectory, decode, encode, noised_trajectory, per_step
 from sdedrag.engine.ramps import cosine_ramp, linear_ramp
 from sdedrag.engine.schedule import Grid, NoiseSchedule
 
 __all__ = [
     "PROCESSES",
+    "EpsModel",
     "Grid",
     "NoiseSchedule",
-    "Path",
     "Process",
+    "Trajectory",
     "cosine_ramp",
     "decode",
     "encode",
     "linear_ramp",
+    "noised_trajectory",
     "per_step",
 ]

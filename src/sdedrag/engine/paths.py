@@ -1,34 +1,32 @@
 """encode -> edit -> decode: the one editing API every task uses (paper Sec. 3).
 
-``encode`` takes x0 to t0 and records every latent on the way (a :class:`Path`); a task changes
-``path.x_t0``; ``decode`` solves back to the data level with an ODE, an SDE, or Cycle-SDE (the SDE
-whose noise is recovered from the recorded path, so an unedited latent comes back exactly).
+``encode`` takes x0 to t0 and records every latent on the way (a :class:`Trajectory`); a task changes
+``trajectory.x_t0``; ``decode`` solves back to the data level with an ODE, an SDE, or Cycle-SDE (the SDE
+whose noise is recovered from the recorded trajectory, so an unedited latent comes back exactly).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 from tqdm.auto import trange
 
+from sdedrag.engine.model import EpsModel
 from sdedrag.engine.schedule import Grid
-from sdedrag.errors import InputError
 from sdedrag.engine.steps import (
+    cycle_noise,
     ddim_inversion_step,
-    dpmpp_2m_mean,
-    eta_step_mean,
+    dpmpp_step,
+    eta_step,
     forward_step,
     predict_x0,
-    recover_noise,
 )
-
-if TYPE_CHECKING:
-    from sdedrag.models.base import DiffusionModel
+from sdedrag.errors import InputError
 
 Process = Literal["sde", "ode", "cycle-sde"]
 PROCESSES: tuple[str, ...] = get_args(Process)
@@ -36,7 +34,7 @@ StepValues = float | Sequence[float]
 
 
 @dataclass
-class Path:
+class Trajectory:
     """A recorded trajectory: ``latents[i]`` sits at ``grid`` point i (``latents[0]`` = x_t0, ``latents[-1]`` = x0)."""
 
     process: Process
@@ -68,7 +66,7 @@ def per_step(values: StepValues, num_steps: int) -> list[float]:
 
 
 def encode(
-    model: DiffusionModel,
+    model: EpsModel,
     x0: Tensor,
     grid: Grid,
     process: Process,
@@ -77,7 +75,7 @@ def encode(
     lora_scale: StepValues = 1.0,
     generator: torch.Generator | None = None,
     progress: bool = False,
-) -> Path:
+) -> Trajectory:
     """Take x0 to t0: the noise-adding SDE (Eq. 7) for sde/cycle-sde, DDIM inversion for ode.
 
     ``guidance`` and ``lora_scale`` (used by the inversion only) are constants or one value per grid
@@ -86,8 +84,9 @@ def encode(
     _check_process(process)
     guidance, lora_scale = per_step(guidance, grid.num_steps), per_step(lora_scale, grid.num_steps)
     latents = [x0]
-    for i in trange(grid.num_steps - 1, -1, -1, desc=f"encode ({process})", disable=None if progress else True, leave=False):
-        t_s, a_t, a_s = int(grid.timesteps[i + 1]), float(grid.alphas[i]), float(grid.alphas[i + 1])
+    steps = trange(grid.num_steps - 1, -1, -1, desc=f"encode ({process})", disable=None if progress else True, leave=False)
+    for i in steps:
+        t_s, a_t, a_s = int(grid.timesteps[i + 1]), float(grid.alpha_bars[i]), float(grid.alpha_bars[i + 1])
         x_s = latents[-1]
         if process == "ode":
             eps = model.predict_eps(x_s, t_s, cond, guidance[i], lora_scale[i])
@@ -95,26 +94,43 @@ def encode(
         else:
             noise = randn_tensor(x_s.shape, generator=generator, device=x_s.device, dtype=x_s.dtype)
             latents.append(forward_step(x_s, a_s, a_t, noise))
-    return Path(process=process, grid=grid, latents=latents[::-1])
+    return Trajectory(process=process, grid=grid, latents=latents[::-1])
 
 
-def _solver_mean(
-    order: int, x: Tensor, eps: Tensor, a_t: float, a_s: float, eta: float, history: tuple[Tensor, float] | None
-) -> tuple[Tensor, float, Tensor]:
-    """One solver step without noise: (mean, std, x0 prediction) for the eta-step or (SDE-)DPM-Solver++(2M)."""
-    x0 = predict_x0(x, eps, a_t)
+def noised_trajectory(x0: Tensor, grid: Grid, noise: Tensor) -> Trajectory:
+    """x0 noised to every grid point with one fixed noise z, sqrt(a_i) x0 + sqrt(1 - a_i) z; x0 at the data level."""
+    latents = [forward_step(x0, 1.0, float(a), noise) for a in grid.alpha_bars[:-1]]
+    return Trajectory(process="sde", grid=grid, latents=[*latents, x0])
+
+
+def step_orders(order: int, num_steps: int) -> list[int]:
+    """Each step's solver order as in diffusers' DPMSolverMultistepScheduler (lower_order_final, final sigma at t = 0).
+
+    The orders warm up from 1; below 15 steps the last step is first order and the one before at most second.
+    """
+    orders = [min(order, i + 1) for i in range(num_steps)]
+    if num_steps < 15:
+        orders[-1] = 1
+        if num_steps > 1:
+            orders[-2] = min(orders[-2], 2)
+    return orders
+
+
+def _solver_step(
+    x: Tensor, eps: Tensor, a_t: float, a_s: float, eta: float, order: int, history: list[tuple[Tensor, float]]
+) -> tuple[Tensor, float]:
+    """One step without noise, (mean, std): Eq. 6 at order 1, (SDE-)DPM-Solver++ above; ``history`` gains x0_hat."""
+    history.insert(0, (predict_x0(x, eps, a_t), a_t))
+    del history[3:]
     if order == 1:
-        mean, std = eta_step_mean(x, eps, a_t, a_s, eta)
-        return mean, std, x0
-    x0_prev, a_prev = history if history is not None else (None, None)
-    mean, std = dpmpp_2m_mean(x, x0, x0_prev, a_t, a_s, a_prev, stochastic=eta > 0)
-    return mean, std, x0
+        return eta_step(x, eps, a_t, a_s, eta)
+    return dpmpp_step(x, history[:order], a_s, stochastic=eta > 0)
 
 
 def decode(
-    model: DiffusionModel,
+    model: EpsModel,
     x_t0: Tensor,
-    path: Path,
+    trajectory: Trajectory,
     process: Process,
     cond: Any = None,
     *,
@@ -126,20 +142,22 @@ def decode(
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """Solve from an edited x_t0 back to the data level along ``path.grid``.
+    """Solve from an edited x_t0 back to the data level along ``trajectory.grid``.
 
     ode: eta = 0; sde: eta = 1 with fresh noise; cycle-sde: eta = 1 with the noise of Eq. 8 recovered
-    from ``path`` (the recorded prediction uses ``record_cond``, default ``cond``, and is evaluated in
-    the same batched model call as the edited one). ``order`` 1 is the eta-step (DDIM/DDPM), 2 is
-    (SDE-)DPM-Solver++(2M). With ``mask`` (1 = editable), the rest follows the recorded path at every step.
-    ``guidance`` and ``lora_scale`` are constants or one value per step.
+    from ``trajectory`` (the recorded prediction uses ``record_cond``, default ``cond``, and is evaluated in
+    the same batched model call as the edited one). ``order`` 1 is the eta-step (DDIM/DDPM), 2 and 3
+    are (SDE-)DPM-Solver++(2M/3M) with the step orders of :func:`step_orders`. With ``mask``
+    (1 = editable), the rest follows the recorded trajectory at every step. ``guidance`` and
+    ``lora_scale`` are constants or one value per step.
     """
     _check_process(process)
-    if order not in (1, 2):
-        raise InputError(f"solver order must be 1 or 2, got {order}")
-    grid, recorded = path.grid, path.latents
+    if order not in (1, 2, 3):
+        raise InputError(f"solver order must be 1, 2 or 3, got {order}")
+    grid, recorded = trajectory.grid, trajectory.latents
     n = grid.num_steps
     guidance, lora_scale = per_step(guidance, n), per_step(lora_scale, n)
+    orders = step_orders(order, n)
     eta = 0.0 if process == "ode" else 1.0
     cycle = process == "cycle-sde"
     batch = x_t0.shape[0]
@@ -152,23 +170,20 @@ def decode(
     x = x_t0
     if mask is not None:
         mask = mask.to(device=x.device, dtype=x.dtype)
-    history_edit: tuple[Tensor, float] | None = None
-    history_record: tuple[Tensor, float] | None = None
+    history_edit: list[tuple[Tensor, float]] = []
+    history_record: list[tuple[Tensor, float]] = []
     for i in trange(n, desc=f"decode ({process})", disable=None if progress else True, leave=False):
         t, a_t, a_s = grid.interval(i)
-        step_order = 1 if (i == n - 1 and n < 15) else order  # lower-order final step, as in DPM-Solver
         if cycle:
             eps, eps_record = model.predict_eps(
                 torch.cat([x, recorded[i]]), t, joint_cond, guidance[i], lora_scale[i]
             ).chunk(2)
         else:
             eps = model.predict_eps(x, t, cond, guidance[i], lora_scale[i])
-        mean, std, x0 = _solver_mean(step_order, x, eps, a_t, a_s, eta, history_edit)
-        history_edit = (x0, a_t)
+        mean, std = _solver_step(x, eps, a_t, a_s, eta, orders[i], history_edit)
         if cycle:
-            mean_record, _, x0_record = _solver_mean(step_order, recorded[i], eps_record, a_t, a_s, eta, history_record)
-            history_record = (x0_record, a_t)
-            noise = recover_noise(recorded[i + 1], mean_record, std)
+            mean_record, _ = _solver_step(recorded[i], eps_record, a_t, a_s, eta, orders[i], history_record)
+            noise = cycle_noise(recorded[i + 1], mean_record, std)
         else:
             noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype) if std > 0 else None
         x = mean if noise is None else mean + std * noise

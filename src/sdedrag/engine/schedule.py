@@ -16,12 +16,12 @@ from sdedrag.errors import InputError
 class Grid:
     """The decreasing timesteps an edit walks through, from t0 down to the data level.
 
-    ``timesteps[i]`` is the training timestep of grid point ``i`` and ``alphas[i]`` its
+    ``timesteps[i]`` is the training timestep of grid point ``i`` and ``alpha_bars[i]`` its
     alpha-bar; the last point is training timestep 0, where the image latent x0 lives.
     """
 
     timesteps: torch.Tensor  # int64, shape [n + 1], decreasing
-    alphas: torch.Tensor  # float64, shape [n + 1], increasing
+    alpha_bars: torch.Tensor  # float64, shape [n + 1], increasing
 
     @property
     def num_steps(self) -> int:
@@ -29,8 +29,8 @@ class Grid:
         return len(self.timesteps) - 1
 
     def interval(self, i: int) -> tuple[int, float, float]:
-        """Step ``i`` goes from grid point i (timestep t, alpha a_t) to point i + 1 (alpha a_s)."""
-        return int(self.timesteps[i]), float(self.alphas[i]), float(self.alphas[i + 1])
+        """Step ``i`` goes from grid point i (timestep t, alpha-bar a_t) to point i + 1 (alpha-bar a_s)."""
+        return int(self.timesteps[i]), float(self.alpha_bars[i]), float(self.alpha_bars[i + 1])
 
 
 class NoiseSchedule:
@@ -48,7 +48,7 @@ class NoiseSchedule:
     def num_train_timesteps(self) -> int:
         return len(self.alphas_cumprod)
 
-    def alpha(self, t: int | torch.Tensor) -> torch.Tensor:
+    def alpha_bar(self, t: int | torch.Tensor) -> torch.Tensor:
         """alpha-bar at integer training timestep(s) t."""
         return self.alphas_cumprod[torch.as_tensor(t, dtype=torch.long)]
 
@@ -68,7 +68,7 @@ class NoiseSchedule:
         timesteps = full[len(full) - used :]
         if timesteps[-1] != 0:
             timesteps = torch.cat([timesteps, torch.zeros(1, dtype=torch.long)])
-        return Grid(timesteps=timesteps, alphas=self.alpha(timesteps))
+        return Grid(timesteps=timesteps, alpha_bars=self.alpha_bar(timesteps))
 
 
 SD_SCHEDULER_CONFIG: dict[str, Any] = {

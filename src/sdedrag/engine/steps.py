@@ -1,13 +1,14 @@
-"""The paper's equations, one short pure function each.
+"""The paper's equations and the multistep solvers, one short pure function each.
 
 Notation follows the paper (arXiv 2311.01410, Sec. 3): ``a_t`` is alpha-bar at the noisier time t,
-``a_s`` at the cleaner time s < t. Every stochastic step is ``x_s = mean + std * w``; Cycle-SDE
-recovers ``w`` from a recorded pair (x_t, x_s), so the same step lands exactly on the record.
+``a_s`` at the cleaner time s < t. Every step is ``x_s = mean + std * w``; the SDE draws ``w`` fresh,
+Cycle-SDE recovers it from a recorded pair (Eq. 8), so the same step lands exactly on the record.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -23,17 +24,11 @@ def eta_sigma(a_t: float, a_s: float, eta: float) -> float:
     return eta * math.sqrt((1.0 - a_s) / (1.0 - a_t)) * math.sqrt(max(0.0, 1.0 - a_t / a_s))
 
 
-def eta_step_mean(x_t: Tensor, eps: Tensor, a_t: float, a_s: float, eta: float) -> tuple[Tensor, float]:
-    """Eq. 6 without its noise: (sqrt(a_s) x0_hat + sqrt(1 - a_s - sigma^2) eps, sigma)."""
+def eta_step(x_t: Tensor, eps: Tensor, a_t: float, a_s: float, eta: float) -> tuple[Tensor, float]:
+    """Eq. 6 as (mean, sigma): x_s = sqrt(a_s) x0_hat + sqrt(1 - a_s - sigma^2) eps + sigma w (eta 0: DDIM, 1: DDPM)."""
     sigma = eta_sigma(a_t, a_s, eta)
     mean = math.sqrt(a_s) * predict_x0(x_t, eps, a_t) + math.sqrt(max(0.0, 1.0 - a_s - sigma**2)) * eps
     return mean, sigma
-
-
-def eta_step(x_t: Tensor, eps: Tensor, a_t: float, a_s: float, eta: float, noise: Tensor | None = None) -> Tensor:
-    """Eq. 6: x_s = sqrt(a_s) x0_hat + sqrt(1 - a_s - sigma^2) eps + sigma w (eta 0: DDIM/ODE, eta 1: DDPM/SDE)."""
-    mean, sigma = eta_step_mean(x_t, eps, a_t, a_s, eta)
-    return mean if sigma == 0.0 or noise is None else mean + sigma * noise
 
 
 def forward_step(x_s: Tensor, a_s: float, a_t: float, noise: Tensor) -> Tensor:
@@ -46,15 +41,9 @@ def ddim_inversion_step(x_s: Tensor, eps: Tensor, a_s: float, a_t: float) -> Ten
     return math.sqrt(a_t) * predict_x0(x_s, eps, a_s) + math.sqrt(1.0 - a_t) * eps
 
 
-def recover_noise(x_s: Tensor, mean: Tensor, std: float) -> Tensor:
-    """Eq. 8 in general form: the w with mean + std * w == x_s (zero where the step is deterministic)."""
+def cycle_noise(x_s: Tensor, mean: Tensor, std: float) -> Tensor:
+    """Eq. 8: the noise w with mean + std w = x_s, the recorded next point (zero where the step is deterministic)."""
     return torch.zeros_like(x_s) if std == 0.0 else (x_s - mean) / std
-
-
-def cycle_noise(x_t: Tensor, x_s: Tensor, eps: Tensor, a_t: float, a_s: float, eta: float = 1.0) -> Tensor:
-    """Eq. 8: the Cycle-SDE noise w that makes the eta-step from recorded x_t land exactly on recorded x_s."""
-    mean, sigma = eta_step_mean(x_t, eps, a_t, a_s, eta)
-    return recover_noise(x_s, mean, sigma)
 
 
 def half_log_snr(a: float) -> float:
@@ -62,29 +51,36 @@ def half_log_snr(a: float) -> float:
     return 0.5 * math.log(a / (1.0 - a))
 
 
-def dpmpp_2m_mean(
-    x_t: Tensor,
-    x0: Tensor,
-    x0_prev: Tensor | None,
-    a_t: float,
-    a_s: float,
-    a_prev: float | None,
-    stochastic: bool,
+def dpmpp_step(
+    x_t: Tensor, history: Sequence[tuple[Tensor, float]], a_s: float, stochastic: bool
 ) -> tuple[Tensor, float]:
-    """DPM-Solver++(2M) (ODE) or SDE-DPM-Solver++(2M) step without noise: (mean, std).
+    """DPM-Solver++(kM), or SDE-DPM-Solver++(kM) if ``stochastic``, as (mean, std), k = len(history) in 1..3.
 
-    ``x0_prev`` and ``a_prev`` are the data prediction and alpha-bar of the previous grid point; with
-    ``x0_prev=None`` this is the first-order step (DDIM for the ODE, a DDPM-like step for the SDE).
+    ``history`` holds (x0_hat, alpha-bar) at the current grid point and the k - 1 before it, newest first.
+    With h the step in lambda, H = h (ODE) or 2h (SDE), phi_1 = 1 - e^-H, phi_2 = 1 - phi_1 / H,
+    phi_3 = phi_2 / H - 1/2 and D0, D1, D2 the x0_hat differences in lambda (Lu et al. 2022, Alg. 2/3):
+    mean = (sigma_s / sigma_t) e^(h - H) x_t + alpha_s (phi_1 D0 + c1 D1 - c2 D2), std = sigma_s sqrt(1 - e^-2h)
+    for the SDE. 2M: c1 = phi_1 / 2 (midpoint); 3M: c1 = phi_2, c2 = phi_3, but SDE-3M takes c2 = phi_3 + 1
+    as diffusers' DPMSolverMultistepScheduler does (k-diffusion's dpmpp_3m_sde takes phi_3).
     """
+    (x0, a_t), *older = history
     lam_t, lam_s = half_log_snr(a_t), half_log_snr(a_s)
     h = lam_s - lam_t
-    derivative = torch.zeros_like(x0)
-    if x0_prev is not None and a_prev is not None:
-        r0 = (lam_t - half_log_snr(a_prev)) / h
-        derivative = (x0 - x0_prev) / r0
+    big_h = 2.0 * h if stochastic else h
     alpha_s, sigma_s, sigma_t = math.sqrt(a_s), math.sqrt(1.0 - a_s), math.sqrt(1.0 - a_t)
-    if not stochastic:
-        return (sigma_s / sigma_t) * x_t - alpha_s * math.expm1(-h) * (x0 + 0.5 * derivative), 0.0
-    decay = -math.expm1(-2.0 * h)
-    mean = (sigma_s / sigma_t) * math.exp(-h) * x_t + alpha_s * decay * (x0 + 0.5 * derivative)
-    return mean, sigma_s * math.sqrt(decay)
+    phi_1 = -math.expm1(-big_h)
+    mean = (sigma_s / sigma_t) * math.exp(h - big_h) * x_t + (alpha_s * phi_1) * x0
+    if len(older) == 1:
+        (x0_1, a_1), = older
+        r0 = (lam_t - half_log_snr(a_1)) / h
+        mean = mean + (0.5 * alpha_s * phi_1 / r0) * (x0 - x0_1)
+    elif len(older) == 2:
+        (x0_1, a_1), (x0_2, a_2) = older
+        lam_1 = half_log_snr(a_1)
+        r0, r1 = (lam_t - lam_1) / h, (lam_1 - half_log_snr(a_2)) / h
+        d1_0, d1_1 = (x0 - x0_1) / r0, (x0_1 - x0_2) / r1
+        d1, d2 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), (d1_0 - d1_1) / (r0 + r1)
+        phi_2 = 1.0 - phi_1 / big_h
+        phi_3 = phi_2 / big_h - 0.5 + (1.0 if stochastic else 0.0)
+        mean = mean + (alpha_s * phi_2) * d1 - (alpha_s * phi_3) * d2
+    return mean, sigma_s * math.sqrt(-math.expm1(-2.0 * h)) if stochastic else 0.0

@@ -1,4 +1,4 @@
-"""The one protocol the engine talks to: predict eps, and map images to latents and back."""
+"""The base of every model adapter: it implements the engine's EpsModel and maps images to latents and back."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def eps_from_output(output: Tensor, x: Tensor, alpha_bar: float | Tensor, predic
 
 
 class DiffusionModel(ABC):
-    """A diffusion model as the engine sees it.
+    """A diffusion model: the engine's :class:`sdedrag.engine.EpsModel` plus images, prompts and a schedule.
 
     ``latent_dtype`` is the dtype the engine computes in (float32 even for half-precision weights);
     ``latent_scale`` is how many image pixels one latent pixel spans (8 for SD's VAE, 1 in pixel space).

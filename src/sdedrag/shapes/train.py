@@ -29,7 +29,7 @@ from diffusers.training_utils import EMAModel  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from sdedrag.engine import Path as EnginePath  # noqa: E402
+from sdedrag.engine import Trajectory  # noqa: E402
 from sdedrag.engine import decode  # noqa: E402
 from sdedrag.errors import InputError  # noqa: E402
 from sdedrag.io import tensor_to_image  # noqa: E402
@@ -70,7 +70,7 @@ def sample(model: DiffusionModel, count: int, resolution: int, steps: int = 100,
     grid = model.schedule.grid(steps, t0=1.0)
     shape = (count, *model.latent_shape(resolution, resolution))
     x_t = torch.randn(shape, generator=generator, device=model.device, dtype=model.latent_dtype)
-    x0 = decode(model, x_t, EnginePath(process, grid, [x_t]), process, generator=generator)
+    x0 = decode(model, x_t, Trajectory(process, grid, [x_t]), process, generator=generator)
     return model.decode_latent(x0)
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from sdedrag.engine.paths import decode
 from sdedrag.engine.schedule import Grid
-from sdedrag.engine.steps import eta_step_mean
+from sdedrag.engine.steps import eta_step
 from sdedrag.models.base import DiffusionModel
 from sdedrag.theory.observe import unrecorded_path
 
@@ -42,7 +42,7 @@ def transition_map(model: DiffusionModel, x: Tensor, t: int, a_t: float, a_s: fl
     """The Eq. 6 kernel from timestep t (alpha-bar a_t) to a_s at points x [M, 1]."""
     x = x.detach().requires_grad_(True)
     eps = model.predict_eps(x, t)
-    mean, sigma = eta_step_mean(x, eps, a_t, a_s, eta)
+    mean, sigma = eta_step(x, eps, a_t, a_s, eta)
     (slope,) = torch.autograd.grad(mean.sum(), x)
     return Transition(mean.detach()[:, 0].numpy(), slope[:, 0].numpy(), sigma, eps.detach()[:, 0].numpy())
 
@@ -71,7 +71,7 @@ def evolve_density(
     """
     dx = float(x[1] - x[0])
     points = torch.as_tensor(x, dtype=torch.float64)[:, None]
-    alphas = grid.alphas.numpy()
+    alphas = grid.alpha_bars.numpy()
     p = np.asarray(densities, dtype=np.float64)
     for i in range(grid.num_steps):
         t, a_t, a_s = grid.interval(i)

@@ -135,17 +135,17 @@ def _run(config: TheoryConfig, log: Callable[[str], None]) -> TheoryRun:
     seconds: dict[str, float] = {}
     model = build_mixture(config.weights, config.means, config.stds)
     grids = [model.schedule.grid(config.steps, t0) for t0 in config.t0]
-    families = [prior_family(model, float(g.alphas[0]), config.prior_mean, config.prior_std) for g in grids]
-    alpha_end = float(grids[0].alphas[-1])
+    families = [prior_family(model, float(g.alpha_bars[0]), config.prior_mean, config.prior_std) for g in grids]
+    alpha_end = float(grids[0].alpha_bars[-1])
     x = density_domain(model, families, alpha_end, config.grid_points)
 
     studies, contraction = [], []
     for index, (grid, family) in enumerate(zip(grids, families)):
         clock = time.perf_counter()
         ode = ode_curves(model, grid, x, family)
-        sde = sde_curves(model, grid, x, family, keep=set(levels_between(len(grid.alphas), SNAPSHOTS).tolist()))
+        sde = sde_curves(model, grid, x, family, keep=set(levels_between(len(grid.alpha_bars), SNAPSHOTS).tolist()))
         seed = config.seed + 10 * index
-        levels = levels_between(len(grid.alphas), CYCLE_LEVELS).tolist()
+        levels = levels_between(len(grid.alpha_bars), CYCLE_LEVELS).tolist()
         cycle = cycle_curves(model, grid, family, config.particles, levels, seed)
         contrast = None
         if index == 0:
@@ -253,7 +253,7 @@ def _study_entry(
     cycle: CycleCurves, contrast: CycleCurves | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One t0's curves (theory.json "kl_vs_time") and contraction ratios (theory.json "contraction")."""
-    alphas = grid.alphas.numpy()
+    alphas = grid.alpha_bars.numpy()
     continuous_levels = levels_between(len(alphas), CONTINUOUS_LEVELS)
     continuous, evaluations = probability_flow_kl(
         model, ode.start, prior_densities(family, ode.start)[1], alphas[continuous_levels]
@@ -329,7 +329,7 @@ def _example_figure(
     model: GaussianMixture, grid: Grid, prior: Prior, x: np.ndarray, ode: OdeCurves, sde: SdeCurves, seed: int
 ) -> ExampleFigure:
     """Trajectories, density heatmaps and final densities of the example (the first prior) at its t0."""
-    alphas = grid.alphas.numpy()
+    alphas = grid.alpha_bars.numpy()
     alpha_t0, alpha_end = float(alphas[0]), float(alphas[-1])
     centers = [c for c, _ in prior.pieces()] + components(model, alpha_end)[1].tolist()
     spread = max(s for _, s in prior.pieces() + TruePrior(model, alpha_t0).pieces())

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sdedrag.engine.paths import Path, encode
+from sdedrag.engine.paths import Trajectory, encode
 from sdedrag.engine.schedule import Grid
 from sdedrag.models.gaussian_mixture import GaussianMixture
 from sdedrag.theory.densities import adapted_points, characteristics, evolve_density
@@ -55,7 +55,7 @@ def ode_curves(model: GaussianMixture, grid: Grid, x: np.ndarray, priors: Sequen
     weights = trapezoid_weights(start)
     positions, log_slope = characteristics(model, grid, start)
     p0, log_p0 = prior_densities(priors, start)
-    alphas = grid.alphas.numpy()
+    alphas = grid.alpha_bars.numpy()
     kl = np.stack(
         [
             kl_change_of_variables(
@@ -89,7 +89,7 @@ def sde_curves(
     ``keep``: levels whose densities are kept as snapshots (for figures).
     """
     dx = float(x[1] - x[0])
-    alphas = grid.alphas.numpy()
+    alphas = grid.alpha_bars.numpy()
     kl, fisher, mass, snapshots = [], [], [], {}
     p0, _ = prior_densities(priors, x)
     for level, (p, score) in enumerate(evolve_density(model, grid, x, p0, eta=1.0)):
@@ -122,9 +122,9 @@ class CycleCurves:
 Record = Literal["forward", "ode"]
 
 
-def recorded_path(model: GaussianMixture, grid: Grid, n: int, record: Record, generator: torch.Generator) -> Path:
+def recorded_path(model: GaussianMixture, grid: Grid, n: int, record: Record, generator: torch.Generator) -> Trajectory:
     """A path from n exact samples of p at the grid's last level: the forward process (Eq. 7) or DDIM inversion."""
-    x0 = model.sample(n, alpha=float(grid.alphas[-1]), generator=generator)
+    x0 = model.sample(n, alpha=float(grid.alpha_bars[-1]), generator=generator)
     return encode(model, x0, grid, "cycle-sde" if record == "forward" else "ode", generator=generator)
 
 
@@ -145,7 +145,7 @@ def cycle_curves(
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     path = recorded_path(model, grid, n, record, generator)
-    alphas = grid.alphas.numpy()
+    alphas = grid.alpha_bars.numpy()
     wanted = set(levels)
     shared = RecordedEpsCache(model, n)
     curves, masses, gaps = [], [], []

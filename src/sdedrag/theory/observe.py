@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sdedrag.engine.paths import Path, Process, decode
+from sdedrag.engine.paths import Process, Trajectory, decode
 from sdedrag.engine.schedule import Grid
 from sdedrag.models.base import DiffusionModel
 
@@ -69,15 +69,15 @@ class RecordedEpsCache(ModelWrapper):
         return eps
 
 
-def unrecorded_path(grid: Grid, x_t0: Tensor, process: Process) -> Path:
-    """The Path decode needs to solve the ODE or SDE from a prior sample: its grid (and x_t0; nothing is recorded)."""
-    return Path(process=process, grid=grid, latents=[x_t0])
+def unrecorded_path(grid: Grid, x_t0: Tensor, process: Process) -> Trajectory:
+    """The Trajectory decode needs to solve the ODE or SDE from a prior sample: its grid and x_t0 (no record)."""
+    return Trajectory(process=process, grid=grid, latents=[x_t0])
 
 
 def decode_observed(
     model: DiffusionModel,
     x_t0: Tensor,
-    path: Path,
+    path: Trajectory,
     process: Process,
     observe: Observer,
     *,
@@ -97,7 +97,7 @@ def decode_observed(
 def decode_trajectory(
     model: DiffusionModel,
     x_t0: Tensor,
-    path: Path,
+    path: Trajectory,
     process: Process,
     *,
     order: int = 1,

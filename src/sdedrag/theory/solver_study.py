@@ -53,7 +53,7 @@ def exact_final_kl(
     SDE-DPM-Solver++(2M).
     """
     process, order = SOLVERS[solver]
-    alpha = float(grid.alphas[-1])
+    alpha = float(grid.alpha_bars[-1])
     if process == "ode":
         final, slope = solver_map(model, grid, start, order)
         if np.any(slope <= 0):
@@ -75,9 +75,9 @@ def particle_final_kl(model: GaussianMixture, grid: Grid, solver: str, prior: Pr
     process, order = SOLVERS[solver]
     generator = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    x_t0 = prior.edit(model.sample(n, alpha=float(grid.alphas[0]), generator=generator), rng)
+    x_t0 = prior.edit(model.sample(n, alpha=float(grid.alpha_bars[0]), generator=generator), rng)
     final = decode(model, x_t0, unrecorded_path(grid, x_t0, process), process, order=order, generator=generator)
-    return particle_kl(model, final[:, 0].numpy(), float(grid.alphas[-1]), rng)
+    return particle_kl(model, final[:, 0].numpy(), float(grid.alpha_bars[-1]), rng)
 
 
 @dataclass
@@ -114,7 +114,7 @@ def solver_study(
                           particles_true_prior={s: [] for s in SOLVERS if s not in EXACT_SOLVERS})
     for k, nfe in enumerate(nfes):
         grid = solver_grid(model, nfe, t0)
-        example, true = priors_at(float(grid.alphas[0]))
+        example, true = priors_at(float(grid.alpha_bars[0]))
         start, x = adapted_points(model, grid, lo, hi, m), np.linspace(lo, hi, m)
         curves.nfe.append(grid.num_steps)
         for solver in SOLVERS:
