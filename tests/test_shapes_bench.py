@@ -13,7 +13,16 @@ from PIL import Image
 
 from sdedrag.cli import main
 from sdedrag.engine.schedule import SD_SCHEDULER_CONFIG
-from sdedrag.shapes.bench import MASK_MARGIN, drag_record, make_drag_case, summarize
+from sdedrag.shapes.bench import (
+    BOX_FRACTION,
+    CORRUPTIONS,
+    MASK_MARGIN,
+    corrupt,
+    drag_record,
+    inpaint_region,
+    make_drag_case,
+    summarize,
+)
 from sdedrag.shapes.data import fits
 from sdedrag.tasks.drag import DragResult
 from tests.helpers import run_cli
@@ -54,35 +63,82 @@ def test_a_perfect_drag_succeeds_and_doing_nothing_fails():
     perfect = DragResult(case.ground_truth().pil(), [], None, 1, {"drag_seconds": 0.0})
     still = DragResult(case.scene.pil(), [], None, 1, {"drag_seconds": 0.0})
     good, bad = drag_record(case, "sde", perfect), drag_record(case, "ode", still)
-    assert good["success"] and good["distance"] < 0.5 and good["outside_max_diff"] == 0
+    assert good["success"] and good["distance"] < 0.5 and good["outside_max_diff"] == 0 and good["truth_ssim"] == 1.0
     assert not bad["success"] and bad["distance"] == pytest.approx(math.dist(case.source, case.target), abs=0.5)
-    summary = summarize([good, bad])
-    assert summary["drag/sde"]["success"]["mean"] == 1.0 and summary["drag/ode"]["success"]["mean"] == 0.0
+    rows = [{**row, "group": "drag", "label": row["method"]} for row in (good, bad)]
+    summary = summarize(rows)
+    assert summary["measures"]["drag/sde"]["success"]["mean"] == 1.0
+    assert summary["measures"]["drag/ode"]["success"]["mean"] == 0.0
+    assert summary["sde_minus_ode"]["drag/sde-vs-ode"]["success"]["mean"] == 1.0
 
 
-def test_demo_writes_the_comparison_and_gifs(tmp_path, pixel_model_dir):
+def test_inpainting_regions_and_sdedit_corruptions():
+    case = make_drag_case(0, 2)
+    shape_mask = case.scene.masks[case.shape_index]
+    assert inpaint_region(case, "shape")[shape_mask].all()
+    box = inpaint_region(case, "box")
+    assert 0.3 < (box & shape_mask).sum() / shape_mask.sum() < 0.7  # the box's edge halves the shape
+    assert box.sum() <= (BOX_FRACTION * 32 + 1) ** 2 and np.array_equal(box, inpaint_region(make_drag_case(0, 2), "box"))
+    for kind in CORRUPTIONS:
+        corrupted = corrupt(case, kind)
+        assert corrupted.shape == case.scene.image.shape and np.array_equal(corrupted, corrupt(case, kind))
+        assert 2 < np.abs(corrupted.astype(int) - case.scene.image).mean() < 60
+
+
+def test_demo_writes_the_comparison_and_a_verdict_that_agrees_with_the_measures(tmp_path, pixel_model_dir, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--model", str(pixel_model_dir), "--steps", "10", "--out", str(out)]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert [row["method"] for row in metrics["rows"]] == ["sde", "ode"]
-    assert all(row["outside_max_diff"] == 0 for row in metrics["rows"])  # the mask rule is exact in pixel space
-    assert Image.open(out / "sde.gif").n_frames >= 2 and Image.open(out / "comparison.png").width > 4 * 256
+    assert main(["demo", "--model", str(pixel_model_dir), "--steps", "10", "--cases", "0", "3", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("demo: SDE-Drag and ODE-Drag on ShapesBench cases 0 3")
+    assert "case 0-0000 SDE-Drag" in captured.err  # per-move progress
+    rows = json.loads((out / "metrics.json").read_text())["rows"]
+    assert [row["method"] for row in rows] == ["sde", "ode", "sde", "ode"]
+    assert all(row["outside_max_diff"] == 0 for row in rows)  # the mask rule is exact in pixel space
+    verdicts = [line for line in captured.out.splitlines() if line.startswith("verdict:")]
+    for line, pair in zip(verdicts, (rows[:2], rows[2:])):
+        for row, part in zip(pair, line.removeprefix("verdict: ").split("; ")):
+            assert part.startswith(f"{row['method'].upper()}-Drag " + ("succeeds" if row["success"] else "fails: "))
+    assert len(verdicts) == 2 and "PSNR dB (more)" in captured.out
+    assert Image.open(out / "sde.gif").n_frames >= 2 and Image.open(out / "comparison.png").height > 500
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["0-0000", "0-0003"]
     assert json.loads((out / "run.json").read_text())["command"] == "demo"
 
 
-def test_shapes_bench_writes_metrics_and_summary(tmp_path, pixel_model_dir):
+def test_shapes_bench_writes_every_track_and_scores_any_folder(tmp_path, pixel_model_dir, capsys):
     out = tmp_path / "bench"
-    argv = ["shapes-bench", "--model", str(pixel_model_dir), "--cases", "2", "--steps", "10", "--inpaint-steps", "5",
+    argv = ["shapes-bench", "--model", str(pixel_model_dir), "--cases", "2", "--steps", "10", "--inpaint-steps", "2",
+            "--inpaint-regions", "box", "--corruptions", "noise", "--sdedit-t0", "0.2", "--sdedit-steps", "5",
             "--out", str(out)]
     assert main(argv) == 0
-    summary = json.loads((out / "summary.json").read_text())["summary"]
-    assert set(summary) == {"drag/sde", "drag/ode", "inpaint/sde-5", "inpaint/ode-5"}
-    assert summary["drag/sde"]["distance"]["n"] == 2
-    rows = (out / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 4
-    assert len(list((out / "cases").iterdir())) == 2 and (out / "overview.png").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["summary"]["measures"]) == {"drag/sde", "drag/ode", "inpaint/box/sde-2", "inpaint/box/ode-2",
+                                                   "sdedit/noise/sde-t0.2", "sdedit/noise/ode-t0.2"}
+    assert summary["summary"]["measures"]["drag/sde"]["vacated_clean_fraction"]["n"] == 2
+    assert summary["thresholds"]["SUCCESS_DISTANCE"] == 2.0
+    assert "cases_needed" in summary["summary"]["sde_minus_ode"]["inpaint/box/sde-2-vs-ode-2"]["success"]
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 2 * 6
+    case = out / "cases" / "0-0000"
+    assert {p.name for p in case.iterdir()} >= {"case.json", "input.png", "mask.png", "truth.png", "drag", "inpaint"}
+    assert (out / "overview.png").is_file()
+    # another method's results, laid out the same way, are scored on the same cases
+    (case / "drag" / "copy-of-truth.png").write_bytes((case / "truth.png").read_bytes())
+    capsys.readouterr()
+    assert main(["shapes-bench", "--score", str(out), "--out", str(tmp_path / "scored")]) == 0
+    rescored = json.loads((tmp_path / "scored" / "summary.json").read_text())["summary"]["measures"]
+    assert rescored["drag/copy-of-truth"]["success"] == {"mean": 1.0, "low": 1.0, "high": 1.0, "n": 1}
+    assert rescored["drag/sde"] == summary["summary"]["measures"]["drag/sde"]
 
 
-def test_shapes_bench_refuses_a_latent_model(tmp_path, capsys):
+def test_shapes_bench_workers_give_the_same_results(tmp_path, pixel_model_dir):
+    argv = ["shapes-bench", "--model", str(pixel_model_dir), "--cases", "2", "--steps", "6", "--tracks", "drag"]
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    assert main([*argv, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
+    assert (tmp_path / "one" / "metrics.csv").read_text() == (tmp_path / "two" / "metrics.csv").read_text()
+
+
+def test_shapes_bench_refuses_a_latent_model_and_a_folder_without_cases(tmp_path, capsys):
     assert run_cli(["shapes-bench", "--model", "tiny", "--cases", "1", "--out", str(tmp_path / "o")]) == 2
     assert "pixel-space" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert run_cli(["shapes-bench", "--score", str(tmp_path), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no ShapesBench cases" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()

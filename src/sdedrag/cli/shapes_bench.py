@@ -1,101 +1,155 @@
-"""ShapesBench: drag one shape per generated scene with SDE-Drag and ODE-Drag (and regenerate a shape
-with SDE and ODE inpainting), measured against the known ground truth.
+"""ShapesBench: SDE against ODE on generated scenes whose true result is known, in three tracks. Drag: move one
+shape per scene (SDE-Drag, ODE-Drag). Inpainting: regenerate the shape's footprint or a larger box that halves
+it. SDEdit: restore a corrupted scene (coarse strokes, jittered colours, pixel noise) at several t0.
 
-Writes DIR/cases/<id>/*.png, DIR/metrics.csv (one row per case, track and method), DIR/summary.json
-(means with bootstrap 95% intervals), DIR/overview.png and DIR/run.json.
+Writes DIR/cases/<id>/ (inputs and every result; the layout is in sdedrag.shapes.bench), DIR/metrics.csv (one
+row per case and result), DIR/summary.json (every measure's mean with a bootstrap 95% interval, SDE - ODE
+per-case differences and the cases needed to detect them, and the thresholds), DIR/overview.png and
+DIR/run.json. With --score, scores an existing folder laid out the same way (any method's results) instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import time
-from dataclasses import replace
+from pathlib import Path
 
-from PIL import Image
-
-from sdedrag.cli.common import add_model_options, add_run_options, positive_int, recorded_args, require, unit_fraction
-from sdedrag.io import atomic_output_dir, run_record, write_json
-from sdedrag.models import load_model
-from sdedrag.shapes.bench import (
-    SHAPES_DRAG,
-    comparison,
-    drag_record,
-    make_drag_case,
-    model_resolution,
-    run_drag,
-    run_inpaint,
-    summarize,
+from sdedrag.cli.common import (
+    add_model_options,
+    add_run_options,
+    load_model_arg,
+    positive_int,
+    recorded_args,
+    require,
+    unit_fraction,
 )
+from sdedrag.shapes.settings import SHAPES_DRAG
 
 NAME = "shapes-bench"
-HELP = "drag and inpainting benchmark with ground truth on the shapes model"
-TRACKS = ("drag", "inpaint")
-METHODS = ("sde", "ode")
+HELP = "drag, inpainting and SDEdit benchmark with ground truth on the shapes model"
+PATH_ARGS = ("score",)
+TRACKS = ("drag", "inpaint", "sdedit")
+REGIONS = ("shape", "box")
+CORRUPTIONS = ("strokes", "jitter", "noise")
+NAMES = {"sde": "SDE-Drag", "ode": "ODE-Drag"}
+SHOWN = {"drag": ("success", "reached", "distance", "vacated_clean_fraction", "stray_fraction", "truth_psnr"),
+         "inpaint": ("success", "stray_fraction", "completed", "truth_psnr"),
+         "sdedit": ("success", "recovered", "extra_shapes", "stray_fraction", "truth_psnr")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cases", type=positive_int, default=20, help="number of cases (default: %(default)s)")
-    parser.add_argument("--tracks", nargs="+", choices=TRACKS, default=list(TRACKS), help="default: both")
-    parser.add_argument("--steps", type=positive_int, default=SHAPES_DRAG.steps, help="drag solver steps (default: %(default)s)")
-    parser.add_argument("--t0", type=unit_fraction, default=SHAPES_DRAG.t0, help="drag t0 (default: %(default)s)")
-    parser.add_argument("--order", type=int, choices=(1, 2), default=1, help="drag solver order (default: %(default)s)")
-    parser.add_argument(
-        "--inpaint-steps", type=positive_int, nargs="+", default=[25, 50, 100], help="inpainting step counts (default: 25 50 100)"
-    )
+    parser.add_argument("--cases", type=positive_int, default=40, help="number of cases (default: %(default)s)")
+    parser.add_argument("--tracks", nargs="+", choices=TRACKS, default=list(TRACKS), help="default: all three")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="processes, each with the model loaded once and one thread (default: %(default)s)")
+    parser.add_argument("--score", metavar="DIR", help="score the results in DIR (laid out as this command writes "
+                        "them) instead of running; writes metrics.csv, summary.json and overview.png to --out")
+    drag = parser.add_argument_group("drag track")
+    drag.add_argument("--steps", type=positive_int, default=SHAPES_DRAG.steps, help="solver steps (default: %(default)s)")
+    drag.add_argument("--t0", type=unit_fraction, default=SHAPES_DRAG.t0, help="default: %(default)s")
+    drag.add_argument("--order", type=int, choices=(1, 2), default=SHAPES_DRAG.order, help="solver order (default: %(default)s)")
+    inpaint = parser.add_argument_group("inpainting track")
+    inpaint.add_argument("--inpaint-regions", nargs="+", choices=REGIONS, default=list(REGIONS), help="default: both")
+    inpaint.add_argument("--inpaint-steps", type=positive_int, nargs="+", default=[5, 10, 25, 50],
+                         help="step counts (default: 5 10 25 50)")
+    sdedit = parser.add_argument_group("SDEdit track")
+    sdedit.add_argument("--corruptions", nargs="+", choices=CORRUPTIONS, default=list(CORRUPTIONS), help="default: all")
+    sdedit.add_argument("--sdedit-t0", type=unit_fraction, nargs="+", default=[0.2, 0.3, 0.4, 0.5],
+                        help="noise levels (default: 0.2 0.3 0.4 0.5)")
+    sdedit.add_argument("--sdedit-steps", type=positive_int, default=50, help="solver steps over [0, T] (default: %(default)s)")
     add_model_options(parser, default_model="shapes")
     add_run_options(parser)
 
 
+def cell(value: dict) -> str:
+    return f"{value['mean']:.3g} [{value['low']:.3g}, {value['high']:.3g}]"
+
+
 def print_summary(summary: dict) -> None:
-    for group, metrics in summary.items():
-        cells = [f"{key} {value['mean']:.3g} [{value['low']:.3g}, {value['high']:.3g}]" for key, value in metrics.items()]
-        print(f"{group:<16} n={next(iter(metrics.values()))['n']:<4} " + "; ".join(cells))
+    """Each group's headline measures (mean [95% interval]), then the SDE - ODE differences in success."""
+    for name, measures in summary["measures"].items():
+        keys = SHOWN[name.split("/")[0]]
+        print(f"{name:<28} n={measures['success']['n']:<4}" + "; ".join(f"{k} {cell(measures[k])}" for k in keys))
+    for name, measures in summary["sde_minus_ode"].items():
+        success = measures["success"]
+        print(f"{name:<36} success SDE - ODE {cell(success)}, cases needed {success['cases_needed']:.0f}")
+
+
+def write_outputs(rows: list[dict], folder: Path, args: argparse.Namespace) -> dict:
+    """metrics.csv, summary.json and overview.png (the first cases' drag results) in ``folder``."""
+    from sdedrag.io import write_json
+    from sdedrag.shapes import metrics
+    from sdedrag.shapes.bench import summarize
+
+    fields = sorted({key for row in rows for key in row},
+                    key=lambda k: (k not in ("case", "track", "group", "label"), k))
+    with open(folder / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarize(rows)
+    thresholds = {name: getattr(metrics, name) for name in (
+        "SUCCESS_DISTANCE", "DUPLICATION_THRESHOLD", "BACKGROUND_TOLERANCE", "CLEAN_FRACTION", "STRAY_TOLERANCE",
+        "STRAY_LIMIT", "SOLIDITY_LIMIT", "AREA_TOLERANCE", "TOLERANCE")}
+    write_json(folder / "summary.json", {"settings": recorded_args(args), "thresholds": thresholds, "summary": summary})
+    return summary
+
+
+def overview(source: Path, rows: list[dict], path: Path, count: int = 4) -> None:
+    """The comparison grid of the first ``count`` cases that have drag results."""
+    import numpy as np
+    from PIL import Image
+
+    from sdedrag.shapes.bench import comparison, read_case
+
+    folders = sorted(p for p in (source / "cases").glob("*") if (p / "drag").is_dir())[:count]
+    labels = sorted(set.intersection(*({p.stem for p in f.glob("drag/*.png")} for f in folders)) if folders else set(),
+                    key=lambda label: (label not in NAMES, label))
+    if not labels:
+        return
+    entries = []
+    for folder in folders:
+        case = read_case(folder)
+        scored = {r["label"]: r for r in rows if r["case"] == case.case_id and r["track"] == "drag"}
+        images = {NAMES.get(k, k): np.asarray(Image.open(folder / "drag" / f"{k}.png").convert("RGB")) for k in labels}
+        entries.append((case, images, {NAMES.get(k, k): scored[k] for k in labels}))
+    comparison(entries, path)
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+    from dataclasses import replace
+
+    from sdedrag.io import atomic_output_dir, run_record, write_json
+    from sdedrag.shapes.bench import BenchSettings, run_cases, score_folder
+
     require(args, "out")
-    model = load_model(args.model, args.device, args.dtype)
-    resolution = model_resolution(model)
-    params = replace(SHAPES_DRAG, steps=args.steps, t0=args.t0, order=args.order, seed=args.seed)
-    rows, overview = [], []
     start = time.perf_counter()
+    if args.score:
+        rows = score_folder(Path(args.score), progress=True)
+        with atomic_output_dir(args.out) as staging:
+            summary = write_outputs(rows, staging, args)
+            overview(Path(args.score), rows, staging / "overview.png")
+            write_json(staging / "run.json", run_record(NAME, recorded_args(args), {"rows": len(rows)}))
+        print_summary(summary)
+        print(f"scored {args.score}; wrote {args.out}/summary.json, metrics.csv, overview.png")
+        return 0
+    model = load_model_arg(args)
+    settings = BenchSettings(
+        tracks=tuple(args.tracks),
+        drag=replace(SHAPES_DRAG, steps=args.steps, t0=args.t0, order=args.order),
+        inpaint_regions=tuple(args.inpaint_regions),
+        inpaint_steps=tuple(args.inpaint_steps),
+        corruptions=tuple(args.corruptions),
+        sdedit_t0=tuple(args.sdedit_t0),
+        sdedit_steps=args.sdedit_steps,
+        seed=args.seed,
+    )
     with atomic_output_dir(args.out) as staging:
-        for index in range(args.cases):
-            case = make_drag_case(args.seed, index, resolution)
-            folder = staging / "cases" / case.case_id
-            folder.mkdir(parents=True)
-            case.scene.pil().save(folder / "input.png")
-            Image.fromarray(case.editable).save(folder / "mask.png")
-            case.ground_truth().pil().save(folder / "truth.png")
-            results = {}
-            if "drag" in args.tracks:
-                for method in METHODS:
-                    result = run_drag(model, case, method, params)
-                    result.image.save(folder / f"drag-{method}.png")
-                    rows.append(drag_record(case, method, result))
-                    results[method] = result.image
-            if "inpaint" in args.tracks:
-                for steps in args.inpaint_steps:
-                    for method in METHODS:
-                        image, row = run_inpaint(model, case, method, steps, args.seed)
-                        image.save(folder / f"inpaint-{method}-{steps}.png")
-                        rows.append(row)
-            if results and len(overview) < 8:
-                overview.append(comparison(case, {f"{m.upper()}-Drag": results[m] for m in METHODS}))
-            print(f"case {index + 1}/{args.cases} done ({time.perf_counter() - start:.0f}s)")
-        fields = sorted({key for row in rows for key in row}, key=lambda k: (k not in ("case", "track", "method", "steps"), k))
-        with open(staging / "metrics.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        summary = summarize(rows)
-        write_json(staging / "summary.json", {"settings": recorded_args(args), "summary": summary})
-        if overview:
-            sheet = Image.new("RGB", (overview[0].width, sum(o.height for o in overview)), (255, 255, 255))
-            for i, row_image in enumerate(overview):
-                sheet.paste(row_image, (0, i * overview[0].height))
-            sheet.save(staging / "overview.png")
+        run_cases(model, args.cases, settings, staging, args.workers, (args.model, args.device, args.dtype))
+        rows = score_folder(staging)
+        summary = write_outputs(rows, staging, args)
+        overview(staging, rows, staging / "overview.png")
         write_json(staging / "run.json", run_record(NAME, recorded_args(args), {"seconds": time.perf_counter() - start}))
     print_summary(summary)
     print(f"wrote {args.out}/summary.json, metrics.csv, overview.png, cases/")
