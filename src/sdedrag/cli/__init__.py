@@ -25,7 +25,7 @@ SUBCOMMANDS = {
     "diffedit": "text-guided editing inside an automatic mask by DiffEdit (Cycle-SDE / ODE)",
     "bench": "run and score drag benchmarks (DragBench-S/-D, Drag100)",
     "study": "pairwise user study of drag results (web app and report)",
-    "shapes-bench": "drag and inpainting benchmark with ground truth on the shapes model",
+    "shapes-bench": "drag, inpainting and SDEdit benchmark with ground truth on the shapes model",
     "theory": "exact-score experiments: KL along time for ODE / SDE / Cycle-SDE from mismatched priors",
     "ui": "serve the drag web UI (gradio)",
     "train-shapes": "train the small shapes diffusion model (the built-in --model shapes) on CPU",
