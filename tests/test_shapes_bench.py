@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -142,3 +145,17 @@ def test_shapes_bench_refuses_a_latent_model_and_a_folder_without_cases(tmp_path
     assert run_cli(["shapes-bench", "--score", str(tmp_path), "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert "holds no ShapesBench cases" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+def test_demo_says_what_it_will_do_within_five_seconds(tmp_path):
+    """The first line comes before torch is imported: a newcomer sees the plan at once."""
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "sdedrag", "demo", "--out", str(tmp_path / "demo")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        first = process.stderr.readline()
+        elapsed = time.perf_counter() - start
+    finally:
+        process.terminate()
+        process.wait()
+    assert first.startswith("demo: SDE-Drag and ODE-Drag on ShapesBench cases 0 1 2") and elapsed < 5.0

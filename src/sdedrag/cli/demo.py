@@ -16,8 +16,6 @@ from typing import Any
 from sdedrag.cli.common import add_model_options, add_run_options, load_model_arg, positive_int, recorded_args, require
 from sdedrag.shapes.settings import SHAPES_DRAG
 
-NAME = "demo"
-HELP = "offline SDE-Drag vs ODE-Drag demo on the built-in shapes model"
 METHODS = ("sde", "ode")
 COLUMNS = (  # (measure, header with unit and better direction, format)
     ("distance", "to target px (<=2)", "{:.1f}"),
@@ -103,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             entries.append((case, images, scored))
         comparison(entries, staging / "comparison.png")
         write_json(staging / "metrics.json", {"rows": rows})
-        write_json(staging / "run.json", run_record(NAME, recorded_args(args), {"rows": rows}))
+        write_json(staging / "run.json", run_record(args.command, recorded_args(args), {"rows": rows}))
     for case, _, scored in entries:
         print(f"case {case.case_id}: move the {case.shape.colour} {case.shape.kind} from "
               f"({case.source[0]:.1f}, {case.source[1]:.1f}) to ({case.target[0]:.1f}, {case.target[1]:.1f})")

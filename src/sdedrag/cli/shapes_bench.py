@@ -25,8 +25,6 @@ from sdedrag.cli.common import (
 )
 from sdedrag.shapes.settings import SHAPES_DRAG
 
-NAME = "shapes-bench"
-HELP = "drag, inpainting and SDEdit benchmark with ground truth on the shapes model"
 PATH_ARGS = ("score",)
 TRACKS = ("drag", "inpaint", "sdedit")
 REGIONS = ("shape", "box")
@@ -104,7 +102,7 @@ def overview(source: Path, rows: list[dict], path: Path, count: int = 4) -> None
 
     folders = sorted(p for p in (source / "cases").glob("*") if (p / "drag").is_dir())[:count]
     labels = sorted(set.intersection(*({p.stem for p in f.glob("drag/*.png")} for f in folders)) if folders else set(),
-                    key=lambda label: (label not in NAMES, label))
+                    key=lambda label: (label not in NAMES, label != "sde", label))
     if not labels:
         return
     entries = []
@@ -130,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         with atomic_output_dir(args.out) as staging:
             summary = write_outputs(rows, staging, args)
             overview(Path(args.score), rows, staging / "overview.png")
-            write_json(staging / "run.json", run_record(NAME, recorded_args(args), {"rows": len(rows)}))
+            write_json(staging / "run.json", run_record(args.command, recorded_args(args), {"rows": len(rows)}))
         print_summary(summary)
         print(f"scored {args.score}; wrote {args.out}/summary.json, metrics.csv, overview.png")
         return 0
@@ -150,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         rows = score_folder(staging)
         summary = write_outputs(rows, staging, args)
         overview(staging, rows, staging / "overview.png")
-        write_json(staging / "run.json", run_record(NAME, recorded_args(args), {"seconds": time.perf_counter() - start}))
+        write_json(staging / "run.json", run_record(args.command, recorded_args(args), {"seconds": time.perf_counter() - start}))
     print_summary(summary)
     print(f"wrote {args.out}/summary.json, metrics.csv, overview.png, cases/")
     return 0
