@@ -62,6 +62,12 @@ class DiffusionModel(ABC):
     ) -> Tensor:
         """eps_theta(x_t, t) for a batch x, with classifier-free guidance and the given LoRA scale."""
 
+    def predict_eps_with_grad(
+        self, x: Tensor, t: int, cond: Any = None, guidance: float = 1.0, lora_scale: float = 1.0
+    ) -> Tensor:
+        """:meth:`predict_eps` with autograd through the network (for latent optimisation)."""
+        raise InputError(f"{self.name!r} has no differentiable noise prediction")
+
     def condition(self, prompt: str | None) -> Any:
         """The conditioning for a prompt (None for unconditional models)."""
         return None

@@ -28,6 +28,11 @@ class PixelUNet(DiffusionModel):
     @torch.no_grad()
     def predict_eps(self, x: Tensor, t: int, cond: Any = None, guidance: float = 1.0, lora_scale: float = 1.0) -> Tensor:
         """eps_theta(x_t, t); unconditional and without LoRA, so ``guidance`` and ``lora_scale`` have no effect."""
+        return self.predict_eps_with_grad(x, t, cond, guidance, lora_scale)
+
+    def predict_eps_with_grad(
+        self, x: Tensor, t: int, cond: Any = None, guidance: float = 1.0, lora_scale: float = 1.0
+    ) -> Tensor:
         output = self.unet(x.to(self.dtype), self._timesteps[t]).sample.to(x.dtype)
         return eps_from_output(output, x, self.schedule.alphas_cumprod[t], self.prediction_type)
 

@@ -104,6 +104,11 @@ class StableDiffusion(DiffusionModel):
     def predict_eps(
         self, x: Tensor, t: int, cond: TextCondition | None = None, guidance: float = 1.0, lora_scale: float = 1.0
     ) -> Tensor:
+        return self.predict_eps_with_grad(x, t, cond, guidance, lora_scale)
+
+    def predict_eps_with_grad(
+        self, x: Tensor, t: int, cond: TextCondition | None = None, guidance: float = 1.0, lora_scale: float = 1.0
+    ) -> Tensor:
         cond = (cond or self.condition("")).expand(x.shape[0])
         if guidance == 1.0:
             latents, embeddings, extra = x, cond.cond, cond.extra
