@@ -179,6 +179,12 @@ def test_grid_rejects_impossible_parameters(tiny64, steps, t0):
         tiny64.schedule.grid(steps, t0)
 
 
+@pytest.mark.parametrize("options", [{"spacing": "karras"}, {"final_sigma": "one"}])
+def test_grid_rejects_unknown_spacings_and_final_sigmas(tiny64, options):
+    with pytest.raises(InputError):
+        tiny64.schedule.grid(10, **options)
+
+
 def test_ramps_run_from_t0_to_the_data_level(tiny64):
     grid = tiny64.schedule.grid(200, 0.6)
     guidance, lora = linear_ramp(grid, 1.0, 3.0), cosine_ramp(grid, 1.0, 0.5)

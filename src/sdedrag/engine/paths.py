@@ -103,16 +103,17 @@ def noised_trajectory(x0: Tensor, grid: Grid, noise: Tensor) -> Trajectory:
     return Trajectory(process="sde", grid=grid, latents=[*latents, x0])
 
 
-def step_orders(order: int, num_steps: int) -> list[int]:
-    """Each step's solver order as in diffusers' DPMSolverMultistepScheduler (lower_order_final, final sigma at t = 0).
+def step_orders(order: int, num_steps: int, to_zero_noise: bool = False) -> list[int]:
+    """Each step's solver order as in diffusers' DPMSolverMultistepScheduler (lower_order_final).
 
-    The orders warm up from 1; below 15 steps the last step is first order and the one before at most second.
+    The orders warm up from 1; below 15 steps the last step is first order and the one before at most
+    second; a last step onto noise level 0 (``to_zero_noise``) is first order at any length.
     """
     orders = [min(order, i + 1) for i in range(num_steps)]
-    if num_steps < 15:
+    if num_steps < 15 or to_zero_noise:
         orders[-1] = 1
-        if num_steps > 1:
-            orders[-2] = min(orders[-2], 2)
+    if num_steps < 15 and num_steps > 1:
+        orders[-2] = min(orders[-2], 2)
     return orders
 
 
@@ -157,7 +158,7 @@ def decode(
     grid, recorded = trajectory.grid, trajectory.latents
     n = grid.num_steps
     guidance, lora_scale = per_step(guidance, n), per_step(lora_scale, n)
-    orders = step_orders(order, n)
+    orders = step_orders(order, n, grid.ends_at_zero_noise)
     eta = 0.0 if process == "ode" else 1.0
     cycle = process == "cycle-sde"
     batch = x_t0.shape[0]

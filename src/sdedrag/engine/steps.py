@@ -60,8 +60,9 @@ def dpmpp_step(
     With h the step in lambda, H = h (ODE) or 2h (SDE), phi_1 = 1 - e^-H, phi_2 = 1 - phi_1 / H,
     phi_3 = phi_2 / H - 1/2 and D0, D1, D2 the x0_hat differences in lambda (Lu et al. 2022, Alg. 2/3):
     mean = (sigma_s / sigma_t) e^(h - H) x_t + alpha_s (phi_1 D0 + c1 D1 - c2 D2), std = sigma_s sqrt(1 - e^-2h)
-    for the SDE. 2M: c1 = phi_1 / 2 (midpoint); 3M: c1 = phi_2, c2 = phi_3, but SDE-3M takes c2 = phi_3 + 1
-    as diffusers' DPMSolverMultistepScheduler does (k-diffusion's dpmpp_3m_sde takes phi_3).
+    for the SDE. 2M: c1 = phi_1 / 2 (midpoint); 3M: c1 = phi_2, c2 = phi_3, for the ODE and the SDE alike (as
+    k-diffusion's dpmpp_3m_sde; diffusers' SDE-3M takes c2 = phi_3 + 1, which does not vanish as h -> 0).
+    A last point at alpha-bar 1 (sigma 0) needs k = 1: the step then returns x0_hat.
     """
     (x0, a_t), *older = history
     lam_t, lam_s = half_log_snr(a_t), half_log_snr(a_s)
@@ -81,6 +82,6 @@ def dpmpp_step(
         d1_0, d1_1 = (x0 - x0_1) / r0, (x0_1 - x0_2) / r1
         d1, d2 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1), (d1_0 - d1_1) / (r0 + r1)
         phi_2 = 1.0 - phi_1 / big_h
-        phi_3 = phi_2 / big_h - 0.5 + (1.0 if stochastic else 0.0)
+        phi_3 = phi_2 / big_h - 0.5
         mean = mean + (alpha_s * phi_2) * d1 - (alpha_s * phi_3) * d2
     return mean, sigma_s * math.sqrt(-math.expm1(-2.0 * h)) if stochastic else 0.0
