@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import threading
+import urllib.request
 from dataclasses import replace
 
 import numpy as np
@@ -12,6 +15,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from conftest import smooth_image
+from sdedrag.bench.study import Comparison, Study, VoteStore
+from sdedrag.bench.study_server import StudyApp, make_server
 from sdedrag.engine import decode, encode
 from sdedrag.errors import InputError
 from sdedrag.models import load_model
@@ -264,3 +269,33 @@ def test_bad_inputs_are_one_line_errors(tiny32):
         with pytest.raises(InputError) as err:
             call()
         assert "\n" not in str(err.value)
+
+
+def test_the_study_compares_three_method_folders_pairwise(tmp_path):
+    """``study serve --pairs sde ode dragdiffusion``: every case is shown with every pair of the three methods."""
+    cases = ["cat/case0", "cat/case1"]
+    folders = []
+    for seed, method in enumerate(("sde", "ode", "dragdiffusion")):
+        for index, case in enumerate(cases):
+            (tmp_path / method / case).mkdir(parents=True)
+            smooth_image(40, 32, seed=10 * seed + index).save(tmp_path / method / case / "result.png")
+            smooth_image(40, 32, seed=99 + index).save(tmp_path / method / case / "input.png")
+            record = {"command": "drag", "args": {"source": [[5.0, 5.0]], "target": [[20.0, 12.0]]}, "results": {}}
+            (tmp_path / method / case / "run.json").write_text(json.dumps(record))
+        folders.append(tmp_path / method)
+    study = Study(folders)
+    pairs = [("dragdiffusion", "ode"), ("dragdiffusion", "sde"), ("ode", "sde")]
+    assert sorted(study.comparisons, key=lambda c: (c.pair, c.case_id)) == [
+        Comparison(case, pair) for pair in pairs for case in cases
+    ]
+    server = make_server(StudyApp(study, VoteStore(tmp_path / "votes.sqlite")), port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        with urllib.request.urlopen(f"http://{host}:{port}/?rater=alice", timeout=30) as response:
+            assert "Comparison 1 of 6" in response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
