@@ -60,7 +60,7 @@ def dragbench_calls(dataset: Path) -> None:
     steps = paper_steps_per_move()
     moves = np.asarray(list(dragbench_moves(dataset).values()))
     rows = [
-        ["moves per case", f"{moves.mean():.2f}", f"{np.median(moves):.0f}", moves.min(), moves.max()],
+        ["moves per case", f"{moves.mean():.2f}", f"{np.median(moves):g}", moves.min(), moves.max()],
         ["SDE-Drag calls (batch 4)", f"{moves.mean() * steps:.0f}", f"{np.median(moves) * steps:.0f}",
          moves.min() * steps, moves.max() * steps],
         ["ODE-Drag calls (batch 2)", f"{2 * moves.mean() * steps:.0f}", f"{2 * np.median(moves) * steps:.0f}",

@@ -96,7 +96,8 @@ def test_zero_displacement_sde_drag_returns_the_input_latent(tiny64):
     image = smooth_image(128, 96)
     mask = np.zeros((96, 128), bool)
     mask[20:80, 20:110] = True
-    result = drag(tiny64, DragRequest(image, [(40, 50), (70, 30)], [(40, 50), (70, 30)], mask, "a photo", DragParams(**FAST, paste_back=False)))
+    points = [(40, 50), (70, 30)]
+    result = drag(tiny64, DragRequest(image, points, points, mask, "a photo", DragParams(**FAST, paste_back=False)))
     assert result.moves == 1
     assert relative_error(result.latent, image_to_latent(tiny64, image)) < 1e-10
 
@@ -115,7 +116,8 @@ def test_sde_drag_changes_the_masked_region_and_keeps_the_rest_exactly(tiny64):
     image = smooth_image(128, 96)
     mask = np.zeros((96, 128), bool)
     mask[16:80, 16:112] = True
-    result = drag(tiny64, DragRequest(image, [(40, 50), (60, 40)], [(72, 56), (90, 40)], mask, params=DragParams(**FAST)))
+    request = DragRequest(image, [(40, 50), (60, 40)], [(72, 56), (90, 40)], mask, params=DragParams(**FAST))
+    result = drag(tiny64, request)
     assert result.moves == 2 and len(result.frames) == 2 and result.image.size == image.size
     before, after = np.asarray(image), np.asarray(result.image)
     outside = paste_weights(mask) == 0
@@ -162,7 +164,8 @@ def test_the_paper_ramps_reach_the_model(tiny32, monkeypatch):
 def test_targets_outside_the_mask_are_reported(tiny32):
     mask = np.zeros((64, 64), bool)
     mask[10:30, 10:30] = True
-    result = drag(tiny32, DragRequest(smooth_image(64, 64), [(15, 15)], [(50, 50)], mask, params=DragParams(steps=10, t0=0.5)))
+    request = DragRequest(smooth_image(64, 64), [(15, 15)], [(50, 50)], mask, params=DragParams(steps=10, t0=0.5))
+    result = drag(tiny32, request)
     assert len(result.warnings) == 1 and "outside the editable mask" in result.warnings[0]
 
 
@@ -186,6 +189,7 @@ def test_session_skips_lora_for_models_without_it(tmp_path):
     unet = UNet2DModel(sample_size=16, block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
                        up_block_types=("UpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=8)
     session = DragSession(PixelUNet(unet.eval(), SD_SCHEDULER_CONFIG, "pixel"), lora_cache=LoraCache(tmp_path))
-    result = session.drag(DragRequest(smooth_image(16, 16), [(3, 3)], [(9, 9)], params=DragParams(steps=10)), LoraSettings(steps=2))
+    request = DragRequest(smooth_image(16, 16), [(3, 3)], [(9, 9)], params=DragParams(steps=10))
+    result = session.drag(request, LoraSettings(steps=2))
     assert result.image.size == (16, 16) and result.timings["lora_seconds"] == 0.0
     assert any("LoRA skipped" in w for w in result.warnings) and not any(tmp_path.iterdir())

@@ -125,6 +125,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -153,4 +154,3 @@ def read_run_config(path: str | os.PathLike, command: str) -> dict[str, Any]:
     if record.get("command") != command:
         raise InputError(f"config {path} was written by 'sdedrag {record.get('command')}', not 'sdedrag {command}'")
     return record["args"]
-        "torch_threads": torch.get_num_threads(),

@@ -34,11 +34,12 @@ from tqdm.auto import trange
 from sdedrag.errors import InputError
 from sdedrag.io import image_to_tensor, write_json
 from sdedrag.models.base import DiffusionModel
+from sdedrag.models.sdxl import StableDiffusionXL
 from sdedrag.models.stable_diffusion import StableDiffusion
+from sdedrag.settings import LoraSettings
 from sdedrag.tasks.common import fit_to_model
 
 ADAPTER_NAME = "sdedrag"
-from sdedrag.settings import LoraSettings
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 KEY_VERSION = 1  # bump when the training recipe changes, so old cache entries are not reused
 

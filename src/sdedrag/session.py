@@ -46,7 +46,7 @@ class DragSession:
             adapter = contextlib.nullcontext()
             if lora is not None:
                 start = time.perf_counter()
-                weights = self.lora_cache.get_or_train(self.model, request.image, request.prompt, lora, progress=progress)
+                weights = self.lora_cache.get_or_train(self.model, request.image, request.prompt, lora, progress)
                 lora_seconds = time.perf_counter() - start
                 adapter = lora_applied(self.model, weights)
             with adapter:

@@ -1,4 +1,4 @@
-"""Settings as data, and the words every layer shares, importable without torch (the CLI builds its options here).
+"""Settings as data and the words every layer shares, importable without torch (the CLI builds its options here).
 
 ``method`` names the pair a paper experiment compares, ``sde`` or ``ode``; which process ``sde`` means differs
 by task and is spelled out by each settings' ``process``: drag and DiffEdit decode with **Cycle-SDE** (the noise
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 from sdedrag.errors import InputError
 
@@ -24,10 +24,6 @@ Process = Literal["sde", "ode", "cycle-sde"]
 PROCESSES: tuple[str, ...] = ("cycle-sde", "sde", "ode")
 Method = Literal["sde", "ode"]
 METHODS: tuple[str, ...] = get_args(Method)
-CYCLE_SDE: dict[str, Process] = {"sde": "cycle-sde", "ode": "ode"}
-"""Drag and DiffEdit: ``sde`` is Cycle-SDE (recorded noise), ``ode`` is DDIM inversion and DDIM."""
-FRESH_SDE: dict[str, Process] = {"sde": "sde", "ode": "ode"}
-"""SDEdit and inpainting: ``sde`` draws fresh noise at every step (DDPM), ``ode`` is DDIM."""
 ORDERS = (1, 2)
 """Solver order: 1 DDIM / DDPM steps, 2 (SDE-)DPM-Solver++(2M)."""
 
@@ -51,28 +47,50 @@ def solver_conditions(method: str, steps: int, t0: float, order: int, guidance: 
 
 
 @dataclass(frozen=True)
-class DragParams:
-    """SDE-Drag settings; the defaults are the paper's DragBench setting."""
+class SolverParams:
+    """What every edit's solver takes: the ``method`` pair, ``steps`` over [0, T], the start ``t0`` as a
+    fraction of T, the solver ``order``, classifier-free ``guidance`` and the ``seed``."""
 
-    method: Method = "sde"  # sde: SDE-Drag (Cycle-SDE), ode: ODE-Drag (DDIM inversion)
+    method: Method = "sde"
+    steps: int = 50
+    t0: float = 1.0
+    order: int = 1
+    guidance: float = 7.5
+    seed: int = 0
+    sde_process: ClassVar[Process] = "sde"  # what method "sde" decodes with
+
+    def __post_init__(self) -> None:
+        check(self, *self.conditions())
+
+    def conditions(self) -> tuple[tuple[bool, str], ...]:
+        return solver_conditions(self.method, self.steps, self.t0, self.order, self.guidance)
+
+    @property
+    def process(self) -> Process:
+        return self.sde_process if self.method == "sde" else "ode"
+
+
+@dataclass(frozen=True)
+class DragParams(SolverParams):
+    """SDE-Drag settings; the defaults are the paper's DragBench setting. ``sde`` is SDE-Drag (Cycle-SDE),
+    ``ode`` ODE-Drag (DDIM inversion)."""
+
     steps: int = 200
     t0: float = 0.6
+    guidance: float = 3.0  # classifier-free guidance at t0, ramping linearly to 1 at t = 0
     step_size: float = 2.0  # latent pixels per move
     radius: int = 5  # latent pixels
     alpha: float = 1.1  # the paper's patch gain: target patch = alpha * source patch
     beta: float = 0.3  # source patch = beta * source + sqrt(1 - beta^2) * noise
-    guidance: float = 3.0  # classifier-free guidance at t0, ramping linearly to 1 at t = 0
     lora_scale_min: float = 0.5  # LoRA scale at t0, rising on a cosine to 1 at t = 0
-    order: int = 1
-    seed: int = 0
     paste_back: bool = True  # keep the input's pixels exactly outside the dilated, feathered mask
     dilate: float = 8.0  # image pixels
     feather: float = 8.0  # image pixels
+    sde_process: ClassVar[Process] = "cycle-sde"
 
-    def __post_init__(self) -> None:
-        check(
-            asdict(self),
-            *solver_conditions(self.method, self.steps, self.t0, self.order, self.guidance),
+    def conditions(self) -> tuple[tuple[bool, str], ...]:
+        return (
+            *super().conditions(),
             (self.step_size > 0, "step size must be positive"),
             (self.radius >= 1, "radius must be at least 1 latent pixel"),
             (self.alpha > 0, "alpha must be positive"),
@@ -81,50 +99,29 @@ class DragParams:
             (self.dilate >= 0 and self.feather >= 0, "dilate and feather must be non-negative"),
         )
 
-    @property
-    def process(self) -> Process:
-        return CYCLE_SDE[self.method]
-
 
 @dataclass(frozen=True)
-class InpaintParams:
-    """SDE / ODE inpainting settings; ``t0`` = 1 starts from pure noise inside the mask."""
+class MaskedEditParams(SolverParams):
+    """Solver settings of an edit inside a mask, whose result keeps the input's pixels outside it."""
 
-    method: Method = "sde"  # sde: fresh-noise SDE (DDPM), ode: DDIM
-    steps: int = 50
-    t0: float = 1.0
-    order: int = 1
-    guidance: float = 7.5
-    seed: int = 0
     paste_back: bool = True  # keep every input pixel outside the mask
     feather: float = 4.0  # paste-back edge width inside the mask, image pixels
 
-    def __post_init__(self) -> None:
-        check(self, *solver_conditions(self.method, self.steps, self.t0, self.order, self.guidance),
-              (self.feather >= 0, "feather must be non-negative"))
-
-    @property
-    def process(self) -> Process:
-        return FRESH_SDE[self.method]
+    def conditions(self) -> tuple[tuple[bool, str], ...]:
+        return (*super().conditions(), (self.feather >= 0, "feather must be non-negative"))
 
 
 @dataclass(frozen=True)
-class SDEditParams:
-    """SDEdit settings: noise the input to ``t0`` and solve back under the target prompt."""
+class InpaintParams(MaskedEditParams):
+    """SDE / ODE inpainting settings (``sde``: the fresh-noise SDE); ``t0`` = 1 starts from pure noise
+    inside the mask."""
 
-    method: Method = "sde"  # sde: fresh-noise SDE (DDPM), ode: DDIM
-    steps: int = 50
+
+@dataclass(frozen=True)
+class SDEditParams(SolverParams):
+    """SDEdit settings (``sde``: the fresh-noise SDE): noise the input to ``t0``, solve back under the prompt."""
+
     t0: float = 0.5
-    order: int = 1
-    guidance: float = 7.5
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check(self, *solver_conditions(self.method, self.steps, self.t0, self.order, self.guidance))
-
-    @property
-    def process(self) -> Process:
-        return FRESH_SDE[self.method]
 
 
 @dataclass(frozen=True)
@@ -147,26 +144,13 @@ class MaskParams:
 
 
 @dataclass(frozen=True)
-class DiffEditParams:
-    """DiffEdit settings; ``t0`` is DiffEdit's encoding ratio (diffusers' default 0.8)."""
+class DiffEditParams(MaskedEditParams):
+    """DiffEdit settings (``sde``: Cycle-SDE with the noise recorded under the source prompt); ``t0`` is
+    DiffEdit's encoding ratio (diffusers' default 0.8)."""
 
-    method: Method = "sde"  # sde: Cycle-SDE (recorded noise), ode: DDIM inversion and DDIM
-    steps: int = 50
     t0: float = 0.8
-    order: int = 1
-    guidance: float = 7.5
-    seed: int = 0
     mask: MaskParams = field(default_factory=MaskParams)
-    paste_back: bool = True  # keep every input pixel outside the mask
-    feather: float = 4.0  # paste-back edge width inside the mask, image pixels
-
-    def __post_init__(self) -> None:
-        check(self, *solver_conditions(self.method, self.steps, self.t0, self.order, self.guidance),
-              (self.feather >= 0, "feather must be non-negative"))
-
-    @property
-    def process(self) -> Process:
-        return CYCLE_SDE[self.method]
+    sde_process: ClassVar[Process] = "cycle-sde"
 
 
 @dataclass(frozen=True)

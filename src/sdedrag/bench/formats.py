@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 
 from sdedrag.bench.safe_pickle import load_pickle
-from sdedrag.errors import InputError
 from sdedrag.bench.settings import FORMATS
+from sdedrag.errors import InputError
 from sdedrag.io import load_image
 from sdedrag.tasks.drag import Point, validate_points
 

@@ -29,6 +29,7 @@ SUBCOMMANDS = {
     "theory": "exact-score experiments: KL along time for ODE / SDE / Cycle-SDE from mismatched priors",
     "ui": "serve the drag web UI (gradio)",
     "train-shapes": "train the small shapes diffusion model (the built-in --model shapes) on CPU",
+    "train-shapes-sd": "train the small Stable Diffusion of shapes scenes (the built-in --model shapes-sd) on CPU",
     "info": "print versions, device and reachable models",
 }
 """Subcommand names and their one-line help; each is the module ``sdedrag.cli.<name with _ for ->``."""

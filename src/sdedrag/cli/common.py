@@ -67,9 +67,8 @@ def add_solver_options(parser: argparse.ArgumentParser, defaults: Any, method_he
 
 def add_paste_back_options(parser: argparse.ArgumentParser, defaults: Any) -> None:
     """--no-paste-back and --feather: keep the input's pixels outside the mask exactly, or not."""
-    parser.add_argument(
-        "--no-paste-back", dest="paste_back", action="store_false", help="do not keep the input's pixels outside the mask"
-    )
+    parser.add_argument("--no-paste-back", dest="paste_back", action="store_false",
+                        help="do not keep the input's pixels outside the mask")
     parser.add_argument(
         "--feather", type=non_negative, default=defaults.feather,
         help="paste-back edge width inside the mask, pixels (default: %(default)s)",

@@ -94,10 +94,12 @@ def add_drag_options(parser: argparse.ArgumentParser) -> None:
     defaults = LoraSettings()
     parser.add_argument("--lora-steps", type=positive_int, default=defaults.steps,
                         help="LoRA training steps (default: %(default)s)")
-    parser.add_argument("--lora-rank", type=positive_int, default=defaults.rank, help="LoRA rank (default: %(default)s)")
+    parser.add_argument("--lora-rank", type=positive_int, default=defaults.rank,
+                        help="LoRA rank (default: %(default)s)")
     parser.add_argument("--lora-lr", type=float, default=defaults.learning_rate,
                         help="LoRA learning rate (default: %(default)s)")
-    parser.add_argument("--lora-cache", help="LoRA cache folder (default: $SDEDRAG_CACHE/lora or ~/.cache/sdedrag/lora)")
+    parser.add_argument("--lora-cache",
+                        help="LoRA cache folder (default: $SDEDRAG_CACHE/lora or ~/.cache/sdedrag/lora)")
 
 
 def run(args: argparse.Namespace) -> int:

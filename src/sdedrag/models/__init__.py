@@ -50,7 +50,7 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     except RuntimeError as err:
         raise InputError(f"unknown device {device!r}") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
+        raise InputError(f"device {device!r} requested but CUDA is not available (use the CPU)")
     return resolved
 
 
@@ -81,8 +81,8 @@ def load_model(
             index = DiffusionPipeline.load_config(model_id)
     except Exception as err:  # noqa: BLE001 - any failure to find the model is reported the same way
         raise ModelLoadError(
-            f"cannot load --model {model_id!r}: not a local diffusers folder and not available from the Hub "
-            f"cache or network ({type(err).__name__}); pass a local folder or Hub id, or --model tiny "
+            f"cannot load model {model_id!r}: not a local diffusers folder and not available from the Hub "
+            f"cache or network ({type(err).__name__}); pass a local folder or Hub id, or 'tiny' "
             "for the built-in offline test model"
         ) from err
     unet_class = (index.get("unet") or [None, None])[1]

@@ -175,7 +175,9 @@ def iter_drag(model: DiffusionModel, request: DragRequest, progress: bool = Fals
         move_sources = np.round(source_lat + move / moves * displacement).astype(np.int64)
         move_targets = np.round(source_lat + (move + 1) / moves * displacement).astype(np.int64)
         path = encode(model, x, grid, params.process, cond, guidance, lora_scale, generator, progress)
-        edited = copy_and_paste(path.x_t0, move_sources, move_targets, params.radius, params.alpha, params.beta, generator)
+        edited = copy_and_paste(
+            path.x_t0, move_sources, move_targets, params.radius, params.alpha, params.beta, generator
+        )
         x = decode(
             model, edited, path, params.process, cond, order=params.order, mask=region, guidance=guidance,
             lora_scale=lora_scale, generator=generator, progress=progress,

@@ -1,5 +1,5 @@
 """Inpainting and its SDE counterpart (the paper's inpainting experiment): regenerate the masked region with
-DDIM (ODE) or DDPM (the fresh-noise SDE) steps, or DPM-Solver++(2M) vs SDE-DPM-Solver++(2M), from the same start.
+DDIM (ODE) or DDPM (the fresh-noise SDE) steps, or DPM-Solver++(2M) vs SDE-DPM-Solver++(2M), from one start.
 
 The input's noise-adding path (paper Eq. 7) is recorded to t0. A 9-channel SD inpainting UNet sees the mask
 and the masked-image latent as extra input channels, as in diffusers' StableDiffusionInpaintPipeline; any

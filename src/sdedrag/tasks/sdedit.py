@@ -1,5 +1,5 @@
-"""SDEdit and its ODE baseline: noise the input to t0 (paper Eq. 7) and solve back under a target prompt
-with the fresh-noise SDE (DDPM / SDE-DPM-Solver++(2M)) or the ODE (DDIM / DPM-Solver++(2M)) from the same noisy start."""
+"""SDEdit and its ODE baseline: noise the input to t0 (paper Eq. 7) and solve back under a target prompt with
+the fresh-noise SDE (DDPM / SDE-DPM-Solver++(2M)) or the ODE (DDIM / DPM-Solver++(2M)), from the same start."""
 
 from __future__ import annotations
 
