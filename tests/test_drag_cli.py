@@ -58,10 +58,13 @@ def test_drag_cli_writes_everything_and_replays_bit_for_bit(tmp_path, drag_case)
     assert np.array_equal(np.asarray(result.convert("RGB"))[outside], np.asarray(image)[outside])
     record = json.loads((out / "run.json").read_text())
     assert record["command"] == "drag" and record["args"]["source"] == [list(map(float, p[0])) for p in pairs]
-    frames = sorted((out / "frames").iterdir())
-    assert len(frames) == record["results"]["moves"] >= 1
+    frames = sorted((out / "frames").iterdir())  # GIF frame i is frames/00i*.png: the input, then each move
+    moves = record["results"]["moves"]
+    assert [f.name for f in frames] == ["000_input.png", *(f"{i:03d}.png" for i in range(1, moves + 1))] and moves >= 1
     gif = Image.open(out / "trajectory.gif")
-    assert gif.n_frames == len(frames) + 1 and gif.size == image.size
+    assert gif.n_frames == len(frames) and gif.size == image.size
+    assert np.array_equal(np.asarray(Image.open(frames[0])), np.asarray(image))
+    assert (out / "frames" / f"{moves:03d}.png").read_bytes() == (out / "result.png").read_bytes()
     assert Image.open(out / "input_with_points.png").size == image.size
 
     replay = tmp_path / "replay"

@@ -5,41 +5,70 @@ the output folder of a finished drag."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from sdedrag.errors import InputError
 from sdedrag.io import file_sha256, run_record, write_json
 from sdedrag.lora import default_cache_root
 from sdedrag.session import DragSession
-from sdedrag.settings import DTYPE_NAMES, DragParams, LoraSettings
+from sdedrag.settings import (
+    DRAG_METHODS,
+    DRAGDIFFUSION_LORA,
+    DTYPE_NAMES,
+    DragDiffusionParams,
+    DragParams,
+    LoraSettings,
+)
 from sdedrag.tasks.drag import DragRequest, DragResult
+from sdedrag.tasks.dragdiffusion import DragDiffusionResult
 from sdedrag.visualize import draw_drag_arrows, save_gif
 
 COMMAND = "drag"
 PARAM_ARGS = (
-    "method", "steps", "t0", "step_size", "radius", "alpha", "beta", "guidance", "lora_scale_min", "order", "seed",
-    "paste_back",
+    "method", "steps", "t0", "step_size", "radius", "alpha", "beta", "guidance", "inversion_guidance", "lora_scale_min",
+    "order", "seed", "paste_back",
 )
 """The DragParams fields a run records (dilate and feather keep their defaults)."""
+DRAGDIFFUSION_ARGS = (
+    "method", "steps", "t0", "feature_index", "feature_scale", "motion_radius", "tracking_radius", "mask_weight",
+    "latent_lr", "iterations", "reach", "start_step", "start_layer", "paste_back",
+)
+"""The DragDiffusionParams fields a run records (dilate and feather keep their defaults)."""
+LORA_ARGS = {"lora_steps": "steps", "lora_rank": "rank", "lora_lr": "learning_rate", "lora_batch_size": "batch_size"}
+"""run.json argument -> LoraSettings field."""
 MODEL_ARGS = ("model", "device", "dtype", "lora_cache")
 
 
-def settings_args(params: DragParams, lora: LoraSettings | None) -> dict[str, Any]:
+def method_defaults(method: str) -> tuple[DragParams | DragDiffusionParams, LoraSettings]:
+    """The drag and LoRA settings a method starts from: the paper's for SDE-Drag and ODE-Drag, the authors'
+    for DragDiffusion."""
+    if method not in DRAG_METHODS:
+        raise InputError(f"method must be one of {', '.join(DRAG_METHODS)}, got {method!r}")
+    if method == "dragdiffusion":
+        return DragDiffusionParams(), DRAGDIFFUSION_LORA
+    return DragParams(method=method), LoraSettings()
+
+
+def settings_args(params: DragParams | DragDiffusionParams, lora: LoraSettings | None) -> dict[str, Any]:
     """The drag and LoRA settings as run.json arguments."""
-    lora_values = lora or LoraSettings()
+    names = DRAGDIFFUSION_ARGS if isinstance(params, DragDiffusionParams) else PARAM_ARGS
+    lora_values = lora or method_defaults(params.method)[1]
     return {
-        **{name: getattr(params, name) for name in PARAM_ARGS},
+        **{name: getattr(params, name) for name in names},
         "lora": lora is not None,
-        "lora_steps": lora_values.steps,
-        "lora_rank": lora_values.rank,
-        "lora_lr": lora_values.learning_rate,
+        **{arg: getattr(lora_values, name) for arg, name in LORA_ARGS.items()},
     }
 
 
-def settings_from_args(args: Mapping[str, Any]) -> tuple[DragParams, LoraSettings | None]:
-    """The drag and LoRA settings (None without LoRA) that run.json arguments, or parsed options, describe."""
-    params = DragParams(**{name: args[name] for name in PARAM_ARGS})
-    lora = LoraSettings(steps=args["lora_steps"], rank=args["lora_rank"], learning_rate=args["lora_lr"])
+def settings_from_args(args: Mapping[str, Any]) -> tuple[DragParams | DragDiffusionParams, LoraSettings | None]:
+    """The drag and LoRA settings (None without LoRA) that run.json arguments, or parsed options, describe;
+    arguments that are absent or None take the method's defaults (:func:`method_defaults`)."""
+    params, lora = method_defaults(args["method"])
+    names = DRAGDIFFUSION_ARGS if isinstance(params, DragDiffusionParams) else PARAM_ARGS
+    params = replace(params, **{name: args[name] for name in names if args.get(name) is not None})
+    lora = replace(lora, **{name: args[arg] for arg, name in LORA_ARGS.items() if args.get(arg) is not None})
     return params, lora if args["lora"] else None
 
 
@@ -67,22 +96,28 @@ def session_args(session: DragSession) -> dict[str, Any]:
 
 
 def drag_results(request: DragRequest, result: DragResult) -> dict[str, Any]:
-    """What every drag's run.json reports: the decoding process, moves, timings, warnings and image size."""
-    return {
+    """What every drag's run.json reports: the decoding process, moves, timings, warnings and image size (and
+    DragDiffusion's Adam steps and where point tracking left the handles)."""
+    results = {
         "process": request.params.process,
         "moves": result.moves,
         "timings": result.timings,
         "warnings": result.warnings,
         "size": list(request.image.size),
     }
+    if isinstance(result, DragDiffusionResult):
+        results.update(iterations=result.iterations, tracked=[list(point) for point in result.handles])
+    return results
 
 
 def save_drag_outputs(folder: Path, request: DragRequest, result: DragResult) -> None:
-    """Write result.png, frames/NNN.png (one per move), trajectory.gif and input_with_points.png into ``folder``."""
+    """Write result.png, trajectory.gif, its frames as frames/000_input.png (the input) and frames/NNN.png (the
+    result after move NNN, GIF frame NNN), and input_with_points.png into ``folder``."""
     result.image.save(folder / "result.png")
     (folder / "frames").mkdir()
-    for index, frame in enumerate(result.frames):
-        frame.save(folder / "frames" / f"{index:03d}.png")
+    request.image.save(folder / "frames" / "000_input.png")
+    for move, frame in enumerate(result.frames, start=1):
+        frame.save(folder / "frames" / f"{move:03d}.png")
     save_gif([request.image, *result.frames], folder / "trajectory.gif")
     arrows = draw_drag_arrows(request.image, list(request.sources), list(request.targets), request.mask)
     arrows.save(folder / "input_with_points.png")

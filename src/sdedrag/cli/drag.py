@@ -1,7 +1,7 @@
 """Drag points of an image with SDE-Drag (or its ODE-Drag baseline).
 
-Writes DIR/result.png (the input's size), DIR/trajectory.gif and DIR/frames/NNN.png (one image per
-move), DIR/input_with_points.png (arrows over the input, mask shaded) and DIR/run.json.
+Writes DIR/result.png (the input's size), DIR/trajectory.gif and its frames, DIR/frames/000_input.png
+(the input) and DIR/frames/NNN.png (the result after move NNN), DIR/input_with_points.png (arrows over the input, mask shaded) and DIR/run.json.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from sdedrag.cli.common import (
     run_task,
     unit_fraction,
 )
-from sdedrag.settings import METHODS, DragParams, LoraSettings
+from sdedrag.settings import DRAG_METHODS, DRAGDIFFUSION_LORA, DragDiffusionParams, DragParams, LoraSettings
 
 PATH_ARGS = ("image", "mask", "lora_cache")
 DEFAULTS = DragParams()
+DD_DEFAULTS = DragDiffusionParams()
 FAST_PRESET = {"order": 2, "steps": 50}
 """``--fast``: (SDE-)DPM-Solver++(2M) at 50 steps, 4x fewer UNet calls than the paper's 200 first-order steps."""
 
@@ -62,15 +63,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
 
 
+def guidance_or_ramp(text: str) -> float | str:
+    """A guidance scale of at least 1, or 'ramp': the decoding's guidance ramp."""
+    if text == "ramp":
+        return text
+    value = float(text)
+    if value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be at least 1 or 'ramp', got {value}")
+    return value
+
+
 def add_drag_options(parser: argparse.ArgumentParser) -> None:
-    """The drag settings (method, solver, patch copy, LoRA), shared with ``sdedrag bench run``."""
-    parser.add_argument("--method", choices=METHODS, default=DEFAULTS.method,
-                        help="sde: SDE-Drag (Cycle-SDE, recorded noise), ode: ODE-Drag (DDIM inversion) "
-                             "(default: %(default)s)")
-    parser.add_argument("--steps", type=positive_int, default=DEFAULTS.steps,
-                        help="solver steps over [0, T] (default: %(default)s)")
-    parser.add_argument("--t0", type=unit_fraction, default=DEFAULTS.t0,
-                        help="edit time as a fraction of T (default: %(default)s)")
+    """The drag settings (method, solver, patch copy or latent optimisation, LoRA), shared with ``sdedrag bench
+    run``. Options whose default depends on the method default to None here and are resolved by the method."""
+    parser.add_argument("--method", choices=DRAG_METHODS, default=DEFAULTS.method,
+                        help="sde: SDE-Drag (Cycle-SDE, recorded noise), ode: ODE-Drag (DDIM inversion), "
+                             "dragdiffusion: DragDiffusion (latent optimisation, DDIM) (default: %(default)s)")
+    parser.add_argument("--steps", type=positive_int,
+                        help=f"solver steps over [0, T] (default: {DEFAULTS.steps}; dragdiffusion {DD_DEFAULTS.steps})")
+    parser.add_argument("--t0", type=unit_fraction,
+                        help=f"edit time as a fraction of T, DragDiffusion's inversion strength "
+                             f"(default: {DEFAULTS.t0}; dragdiffusion {DD_DEFAULTS.t0})")
     parser.add_argument("--step-size", type=float, default=DEFAULTS.step_size,
                         help="latent pixels per move (default: %(default)s)")
     parser.add_argument("--radius", type=positive_int, default=DEFAULTS.radius,
@@ -81,6 +94,9 @@ def add_drag_options(parser: argparse.ArgumentParser) -> None:
                         help="source patch signal kept (default: %(default)s)")
     parser.add_argument("--guidance", type=float, default=DEFAULTS.guidance,
                         help="CFG scale at t0, 1 at t = 0 (default: %(default)s)")
+    parser.add_argument("--inversion-guidance", type=guidance_or_ramp, default=DEFAULTS.inversion_guidance,
+                        help="ODE-Drag: CFG scale of the DDIM inversion, or 'ramp' for the decoding's "
+                             "(default: %(default)s)")
     parser.add_argument("--lora-scale-min", type=float, default=DEFAULTS.lora_scale_min,
                         help="LoRA scale at t0, 1 at t = 0 (default: %(default)s)")
     add_order_option(parser, DEFAULTS.order)
@@ -91,26 +107,56 @@ def add_drag_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-paste-back", dest="paste_back", action="store_false",
                         help="do not keep the input's pixels outside the mask")
     parser.add_argument("--no-lora", dest="lora", action="store_false", help="skip per-image LoRA fine-tuning")
-    defaults = LoraSettings()
-    parser.add_argument("--lora-steps", type=positive_int, default=defaults.steps,
-                        help="LoRA training steps (default: %(default)s)")
-    parser.add_argument("--lora-rank", type=positive_int, default=defaults.rank,
-                        help="LoRA rank (default: %(default)s)")
-    parser.add_argument("--lora-lr", type=float, default=defaults.learning_rate,
-                        help="LoRA learning rate (default: %(default)s)")
+    defaults, dd_lora = LoraSettings(), DRAGDIFFUSION_LORA
+    parser.add_argument("--lora-steps", type=positive_int,
+                        help=f"LoRA training steps (default: {defaults.steps}; dragdiffusion {dd_lora.steps})")
+    parser.add_argument("--lora-rank", type=positive_int,
+                        help=f"LoRA rank (default: {defaults.rank}; dragdiffusion {dd_lora.rank})")
+    parser.add_argument("--lora-lr", type=float,
+                        help=f"LoRA learning rate (default: {defaults.learning_rate}; "
+                             f"dragdiffusion {dd_lora.learning_rate})")
+    parser.add_argument("--lora-batch-size", type=positive_int,
+                        help=f"LoRA batch size (default: {defaults.batch_size}; dragdiffusion {dd_lora.batch_size})")
     parser.add_argument("--lora-cache",
                         help="LoRA cache folder (default: $SDEDRAG_CACHE/lora or ~/.cache/sdedrag/lora)")
+    add_dragdiffusion_options(parser)
+
+
+def add_dragdiffusion_options(parser: argparse.ArgumentParser) -> None:
+    """DragDiffusion's own settings, defaulting to the authors' DragBench evaluation."""
+    group = parser.add_argument_group("dragdiffusion", "latent optimisation of --method dragdiffusion")
+    group.add_argument("--feature-index", type=int, default=DD_DEFAULTS.feature_index,
+                       help="supervised UNet features: 0 the mid block, k decoder block k - 1 (default: %(default)s)")
+    group.add_argument("--feature-scale", type=unit_fraction, default=DD_DEFAULTS.feature_scale,
+                       help="features resized to this fraction of the image size (default: %(default)s)")
+    group.add_argument("--motion-radius", type=int, default=DD_DEFAULTS.motion_radius,
+                       help="motion supervision radius r_m, feature pixels (default: %(default)s)")
+    group.add_argument("--tracking-radius", type=int, default=DD_DEFAULTS.tracking_radius,
+                       help="point tracking radius r_p, feature pixels (default: %(default)s)")
+    group.add_argument("--mask-weight", type=float, default=DD_DEFAULTS.mask_weight,
+                       help="lambda of the term keeping the outside of the mask (default: %(default)s)")
+    group.add_argument("--latent-lr", type=float, default=DD_DEFAULTS.latent_lr,
+                       help="Adam learning rate on the latent (default: %(default)s)")
+    group.add_argument("--iterations", type=int, default=DD_DEFAULTS.iterations,
+                       help="at most this many Adam steps (default: %(default)s)")
+    group.add_argument("--reach", type=float, default=DD_DEFAULTS.reach,
+                       help="stop when every handle is this close to its target, feature pixels (default: %(default)s)")
+    group.add_argument("--start-step", type=int, default=DD_DEFAULTS.start_step,
+                       help="mutual self-attention from this denoising step on (default: %(default)s)")
+    group.add_argument("--start-layer", type=int, default=DD_DEFAULTS.start_layer,
+                       help="... and this self-attention layer on (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
     from sdedrag.io import load_image, load_mask
     from sdedrag.lora import LoraCache
-    from sdedrag.runs import drag_results, save_drag_outputs, settings_from_args
+    from sdedrag.runs import drag_results, save_drag_outputs, settings_args, settings_from_args
     from sdedrag.session import DragSession
     from sdedrag.tasks.drag import DragRequest
 
     require(args, "image", "source", "target", "out")
     params, lora = settings_from_args(vars(args))
+    vars(args).update(settings_args(params, lora))  # run.json records the method's resolved settings
     image = load_image(args.image)
     mask = load_mask(args.mask, image.size) if args.mask else None
     request = DragRequest(image, [tuple(p) for p in args.source], [tuple(p) for p in args.target], mask, args.prompt,
