@@ -5,8 +5,9 @@ The recipe is the paper's (and DragDiffusion's): a peft LoRA adapter on the UNet
 the image's VAE latent and the prompt. Weights are saved in diffusers' LoRA format (safetensors) and
 loaded into the UNet with diffusers' loader, so they also work with ``pipe.load_lora_weights``.
 
-Only Stable Diffusion models (not inpainting ones) are supported: diffusers' ``UNet2DModel`` has no
-adapter API and an inpainting UNet needs mask inputs the recipe does not define.
+Only Stable Diffusion models (SD 1.x / 2.x and SDXL, not inpainting ones) are supported: diffusers'
+``UNet2DModel`` has no adapter API and an inpainting UNet needs mask inputs the recipe does not define.
+SDXL's UNet is trained on the same pooled embedding and added time ids (the image's size) it sees in edits.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -82,8 +84,9 @@ def train_lora(
     """Fine-tune a LoRA adapter on ``image`` and return its peft state dict (CPU tensors).
 
     Each step samples the VAE posterior of the image (fitted to the model's size, as every edit does), a
-    timestep and noise, and minimises the MSE to the scheduler's target (noise, velocity or sample). Only the adapter is trained; afterwards it is removed,
-    so the model's weights, ``requires_grad`` flags and eval mode are as before.
+    timestep and noise, and minimises the MSE to the scheduler's target (noise, velocity or sample). Only the
+    adapter is trained; afterwards it is removed, so the model's weights, ``requires_grad`` flags and eval mode
+    are as before.
     """
     sd = _stable_diffusion(model)
     unet = sd.unet
@@ -91,7 +94,7 @@ def train_lora(
     scheduler = DDPMScheduler.from_config(sd.schedule.config)
     with torch.no_grad():
         posterior = sd.vae.encode(image_to_tensor(fit_to_model(sd, image)).to(sd.device, sd.vae.dtype)).latent_dist
-    embeddings = sd.condition(prompt).cond.expand(settings.batch_size, -1, -1)
+    conditioning = _unet_conditioning(sd, prompt, settings.batch_size, posterior.mean.shape[-2:])
     requires_grad = {name: p.requires_grad for name, p in unet.named_parameters()}
     unet.requires_grad_(False)
     try:
@@ -118,7 +121,7 @@ def train_lora(
                 0, scheduler.config.num_train_timesteps, (settings.batch_size,), generator=generator, device=sd.device
             )
             noisy = scheduler.add_noise(latents, noise, timesteps)
-            prediction = unet(noisy.to(sd.dtype), timesteps, encoder_hidden_states=embeddings).sample
+            prediction = unet(noisy.to(sd.dtype), timesteps, **conditioning).sample
             loss = F.mse_loss(prediction.to(sd.latent_dtype), _target(sd, latents, noise, timesteps, scheduler))
             loss.backward()
             optimizer.step()
@@ -131,6 +134,15 @@ def train_lora(
         unet.eval()
         for name, param in unet.named_parameters():
             param.requires_grad_(requires_grad[name])
+
+
+def _unet_conditioning(sd: StableDiffusion, prompt: str, batch: int, latent_hw: Sequence[int]) -> dict[str, Any]:
+    """The UNet's conditioning keywords for a training batch: the prompt's text states and, for SDXL, its
+    pooled embedding and the added time ids of the image's size (as :meth:`StableDiffusionXL.predict_eps`)."""
+    cond = sd.condition(prompt).expand(batch)
+    if isinstance(sd, StableDiffusionXL):
+        return {"encoder_hidden_states": cond.cond, "added_cond_kwargs": sd.added_cond_kwargs(cond.pooled, latent_hw)}
+    return {"encoder_hidden_states": cond.cond}
 
 
 def _target(
@@ -204,6 +216,14 @@ def _fingerprint(modules: dict[str, torch.nn.Module], samples: int = 16) -> str:
     return digest.hexdigest()
 
 
+def _weighted_modules(sd: StableDiffusion) -> dict[str, torch.nn.Module]:
+    """The networks whose weights a LoRA depends on: UNet, VAE and text encoder(s)."""
+    modules = {"unet": sd.unet, "vae": sd.vae, "text_encoder": sd.pipe.text_encoder}
+    if isinstance(sd, StableDiffusionXL):
+        modules["text_encoder_2"] = sd.pipe.text_encoder_2
+    return modules
+
+
 def _public_config(config: dict) -> dict:
     return {k: v for k, v in dict(config).items() if not k.startswith("_")}
 
@@ -212,7 +232,7 @@ class LoraCache:
     """LoRA weights on disk, one folder per key: ``ROOT/KEY/pytorch_lora_weights.safetensors`` plus info.json.
 
     The key hashes the model (name, dtype, UNet and scheduler configs, a content fingerprint of the
-    UNet, VAE and text-encoder weights), the image's pixels, the prompt and the settings. Entries are
+    UNet, VAE and text-encoder(s) weights), the image's pixels, the prompt and the settings. Entries are
     written atomically (a temporary folder, then a rename), so a failed or interrupted training leaves
     nothing behind. Delete ROOT (or one KEY folder) to clear it.
     """
@@ -229,7 +249,7 @@ class LoraCache:
             "dtype": str(sd.dtype),
             "unet_config": _public_config(sd.unet.config),
             "scheduler_config": _public_config(sd.schedule.config),
-            "weights": _fingerprint({"unet": sd.unet, "vae": sd.vae, "text_encoder": sd.pipe.text_encoder}),
+            "weights": _fingerprint(_weighted_modules(sd)),
             "image": hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest(),
             "prompt": prompt or "",
             "settings": settings.to_dict(),

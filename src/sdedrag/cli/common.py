@@ -81,6 +81,7 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str = DEFA
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="default: %(default)s")
+    parser.add_argument("--vae", help="replace the model's VAE: Hub id or local diffusers AutoencoderKL folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
 
 
@@ -116,7 +117,7 @@ def load_model_arg(args: argparse.Namespace, device: str | None = None) -> Any:
     from sdedrag.models import load_model
 
     try:
-        return load_model(args.model, device or args.device, args.dtype)
+        return load_model(args.model, device or args.device, args.dtype, vae=args.vae)
     except ModelLoadError as err:
         raise ModelLoadError(f"--model: {err}") from err
 

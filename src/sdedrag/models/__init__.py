@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
 from diffusers import (
+    AutoencoderKL,
     DDIMScheduler,
     DiffusionPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
     UNet2DModel,
 )
 
@@ -18,14 +22,19 @@ from sdedrag.errors import InputError, ModelLoadError
 from sdedrag.models.base import DiffusionModel
 from sdedrag.models.gaussian_mixture import GaussianMixture
 from sdedrag.models.pixel import PixelUNet
+from sdedrag.models.sdxl import StableDiffusionXL, XLCondition
 from sdedrag.models.stable_diffusion import StableDiffusion, TextCondition
-from sdedrag.models.tiny import build_tiny_pipeline
+from sdedrag.models.tiny import build_tiny_pipeline, build_tiny_xl_pipeline
+from sdedrag.settings import BUILTIN_MODELS, DEFAULT_MODEL, DTYPE_NAMES
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-BUILTIN_MODELS = ("tiny", "tiny-inpaint", "shapes")
+TINY_PIPELINES = {
+    "tiny": build_tiny_pipeline,
+    "tiny-inpaint": partial(build_tiny_pipeline, inpainting=True),
+    "tiny-xl": build_tiny_xl_pipeline,
+}
 SHAPES_MODEL_DIR = Path(__file__).resolve().parents[1] / "shapes" / "weights"
 """The shipped ``shapes`` model (a pixel-UNet diffusers folder trained by ``sdedrag train-shapes``)."""
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -35,7 +44,9 @@ __all__ = [
     "GaussianMixture",
     "PixelUNet",
     "StableDiffusion",
+    "StableDiffusionXL",
     "TextCondition",
+    "XLCondition",
     "load_model",
     "resolve_device",
 ]
@@ -62,16 +73,45 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def load_vae(vae_id: str, dtype: torch.dtype) -> AutoencoderKL:
+    """A diffusers AutoencoderKL from a Hub id or a local folder."""
+    try:
+        return AutoencoderKL.from_pretrained(vae_id, torch_dtype=dtype)
+    except Exception as err:  # noqa: BLE001 - any failure to find the VAE is reported the same way
+        raise ModelLoadError(
+            f"cannot load VAE {vae_id!r}: not a local diffusers AutoencoderKL folder and not available from the Hub "
+            f"cache or network ({type(err).__name__})"
+        ) from err
+
+
+def latent_model(
+    pipe: DiffusionPipeline, name: str, device: torch.device, dtype: torch.dtype, vae: str | None = None
+) -> StableDiffusion:
+    """The SD or SDXL adapter of ``pipe`` on ``device``, its VAE first replaced by ``vae`` (Hub id or folder)."""
+    if vae is not None:
+        replacement = load_vae(vae, dtype)
+        if replacement.config.latent_channels != pipe.vae.config.latent_channels:
+            raise ModelLoadError(
+                f"VAE {vae!r} has {replacement.config.latent_channels} latent channels; {name!r} needs "
+                f"{pipe.vae.config.latent_channels}"
+            )
+        pipe.register_modules(vae=replacement)
+    adapter = StableDiffusionXL if "text_encoder_2" in pipe.components else StableDiffusion
+    return adapter(pipe.to(device), name=name)
+
+
 def load_model(
-    model_id: str = DEFAULT_MODEL, device: str | torch.device | None = "auto", dtype: str | torch.dtype = "float32"
+    model_id: str = DEFAULT_MODEL,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype = "float32",
+    vae: str | None = None,
 ) -> DiffusionModel:
-    """Load a built-in model (``BUILTIN_MODELS``) or a diffusers SD / SD-inpainting / pixel-UNet pipeline."""
+    """Load a built-in model (``BUILTIN_MODELS``) or a diffusers SD / SDXL (plain or inpainting) or pixel-UNet
+    pipeline; ``vae`` (Hub id or folder) replaces a latent model's VAE."""
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     dtype = resolve_dtype(dtype)
-    if model_id == "tiny":
-        return StableDiffusion(build_tiny_pipeline(dtype=dtype).to(device), name="tiny")
-    if model_id == "tiny-inpaint":
-        return StableDiffusion(build_tiny_pipeline(dtype=dtype, inpainting=True).to(device), name="tiny-inpaint")
+    if model_id in TINY_PIPELINES:
+        return latent_model(TINY_PIPELINES[model_id](dtype=dtype), model_id, device, dtype, vae)
     name = model_id
     if model_id == "shapes":
         model_id = str(SHAPES_MODEL_DIR)
@@ -87,14 +127,20 @@ def load_model(
         ) from err
     unet_class = (index.get("unet") or [None, None])[1]
     if unet_class == "UNet2DModel":
+        if vae is not None:
+            raise InputError(f"{name!r} is a pixel-space model: it has no VAE to replace")
         unet = UNet2DModel.from_pretrained(model_id, subfolder="unet", torch_dtype=dtype)
         scheduler_config = dict(DDIMScheduler.load_config(model_id, subfolder="scheduler"))
         return PixelUNet(unet.to(device).eval(), scheduler_config, name=name)
     if unet_class == "UNet2DConditionModel":
         inpainting = "Inpaint" in index.get("_class_name", "")
-        pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
-        pipe = pipeline_class.from_pretrained(
-            model_id, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
-        )
-        return StableDiffusion(pipe.to(device), name=model_id)
-    raise ModelLoadError(f"--model {model_id!r} is a {index.get('_class_name')} pipeline, which sdedrag does not support")
+        if "text_encoder_2" in index:
+            pipeline_class = StableDiffusionXLInpaintPipeline if inpainting else StableDiffusionXLPipeline
+            pipe = pipeline_class.from_pretrained(model_id, torch_dtype=dtype, add_watermarker=False)
+        else:
+            pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+            pipe = pipeline_class.from_pretrained(
+                model_id, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+            )
+        return latent_model(pipe, name, device, dtype, vae)
+    raise ModelLoadError(f"model {model_id!r} is a {index.get('_class_name')} pipeline, which sdedrag does not support")
