@@ -9,7 +9,11 @@ import math
 import os
 import platform
 import shutil
+import signal
+import struct
 import tempfile
+import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from importlib import metadata
@@ -22,28 +26,54 @@ from PIL import Image, UnidentifiedImageError
 
 from sdedrag.errors import InputError
 
+# Pixels an input image may have (16.8 MP, about 1 GB of working memory); set it, or pass max_pixels, to
+# read larger images. PIL refuses images over 2 * PIL.Image.MAX_IMAGE_PIXELS (179 MP) on its own.
+MAX_IMAGE_PIXELS = 4096 * 4096
+# Largest run.json or summary.json read to recognise a folder sdedrag wrote.
+MAX_RECORD_BYTES = 16 * 2**20
 VERSIONED_PACKAGES = ("sdedrag", "torch", "diffusers", "transformers", "peft", "accelerate", "numpy")
 
 
-def load_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
-    """Read an image file, or raise a one-line InputError naming the file."""
+def load_image(path: str | os.PathLike, mode: str = "RGB", max_pixels: int | None = None) -> Image.Image:
+    """Read an image file of at most ``max_pixels`` pixels (default :data:`MAX_IMAGE_PIXELS`), or raise a
+    one-line InputError naming the file; the size is checked from the header, before any pixel is decoded."""
     path = Path(path)
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if not path.is_file():
         raise InputError(f"image not found: {path}")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert(mode)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below governs
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > limit:
+                    raise InputError(
+                        f"image {path} is {width}x{height} ({width * height:,} pixels), over the limit of "
+                        f"{limit:,} pixels; raise the pixel limit to read it"
+                    )
+                image.load()
+                return image.convert(mode)
+    except InputError:
+        raise
+    except Image.DecompressionBombError:
+        ceiling = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise InputError(
+            f"image {path} has over {min(limit, ceiling):,} pixels, more than PIL will decode "
+            "(PIL.Image.MAX_IMAGE_PIXELS)"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError,
+            TypeError, ZeroDivisionError) as err:
         raise InputError(f"cannot read image {path}: {err}") from err
+    except MemoryError:
+        raise InputError(f"cannot read image {path}: out of memory") from None
 
 
-def load_mask(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
+def load_mask(path: str | os.PathLike, size: tuple[int, int], max_pixels: int | None = None) -> np.ndarray:
     """Read a mask image as a boolean HxW array (non-zero = editable); it must have the image's ``size``.
 
     A mask of another size was drawn for another image, so it is refused rather than resized.
     """
-    mask = np.asarray(load_image(path, mode="L")) > 0
+    mask = np.asarray(load_image(path, mode="L", max_pixels=max_pixels)) > 0
     if (mask.shape[1], mask.shape[0]) != tuple(size):
         raise InputError(
             f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but the image is {size[0]}x{size[1]}; "
@@ -68,28 +98,130 @@ def file_sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def is_sdedrag_record(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a JSON record sdedrag wrote (run.json, summary.json: it names sdedrag's version)."""
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_RECORD_BYTES:
+            return False
+        record = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("versions"), dict) and "sdedrag" in record["versions"]
+
+
+def is_sdedrag_output(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a run.json or summary.json that sdedrag wrote."""
+    return any(is_sdedrag_record(Path(folder) / name) for name in ("run.json", "summary.json"))
+
+
+def check_writable(folder: Path) -> None:
+    """Raise InputError unless a file can be created in ``folder`` (tried, not guessed from permissions)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".sdedrag-check-", dir=folder))
+    except OSError as err:
+        raise InputError(f"cannot write to folder {folder}: {err.strerror or err}") from None
+
+
+def _check_output_target(out: Path) -> None:
+    """The checks of :func:`check_output_dir` that need no trial write."""
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise InputError(f"output {out} exists and is not a folder")
+        try:
+            foreign = any(out.iterdir()) and not is_sdedrag_output(out)
+        except OSError as err:
+            raise InputError(f"cannot read output folder {out}: {err.strerror or err}") from None
+        if foreign:
+            raise InputError(f"output folder {out} is not empty and holds no sdedrag results; choose a new or empty folder")
+    parent = out.parent
+    while not (parent.exists() or parent.is_symlink()):
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot create output folder {out}: {parent} is not a folder")
+
+
+def check_output_dir(out: str | os.PathLike) -> Path:
+    """Raise a one-line InputError unless ``out`` can take sdedrag's results: a new folder under a writable
+    one, an empty folder, or a folder sdedrag wrote before (see :func:`is_sdedrag_output`); call it before
+    any work starts. Returns the absolute path."""
+    out = Path(out).absolute()
+    _check_output_target(out)
+    if out.is_dir():
+        check_writable(out)
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    check_writable(parent)
+    return out
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """While active, SIGTERM raises KeyboardInterrupt like Ctrl-C does, so ``finally`` clauses run (main
+    thread only; a handler someone else installed is left alone)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """While active, SIGINT and SIGTERM wait (blocked) so that renames and clean-up are not cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; on success its files replace ``out``'s, on error it vanishes."""
+    """Yield a temporary folder beside ``out``; on success its entries move into ``out``, on error, Ctrl-C or
+    SIGTERM it vanishes.
+
+    ``out`` must pass :func:`check_output_dir`: in a folder sdedrag wrote before, entries of the same name
+    are replaced and every other file is left alone; a non-empty folder sdedrag did not write is refused.
+    """
     out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary folder
-    try:
-        yield staging
-        if out.exists():
-            for entry in staging.iterdir():
-                target = out / entry.name
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                os.replace(entry, target)
-            staging.rmdir()
-        else:
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    _check_output_target(out)
+    with _signals_interrupt():
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        except OSError as err:
+            raise InputError(f"cannot write to folder {out.parent}: {err.strerror or err}") from None
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should be an ordinary folder
+            yield staging
+            with _signals_deferred():
+                _check_output_target(out)
+                if out.exists():
+                    for entry in staging.iterdir():
+                        target = out / entry.name
+                        if target.is_dir() and not target.is_symlink():
+                            shutil.rmtree(target)
+                        os.replace(entry, target)
+                    staging.rmdir()
+                else:
+                    os.replace(staging, out)
+        finally:
+            with _signals_deferred():
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 def _finite(value: Any) -> Any:

@@ -15,6 +15,7 @@ one-line :class:`~sdedrag.errors.InputError` naming the case when it is malforme
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from sdedrag.tasks.drag import Point, validate_points
 IMAGE_FILES = {"dragbench-s": "origin_image.png", "dragbench-d": "original_image.png", "drag100": "original.jpg"}
 # A file whose presence in a case folder identifies the format.
 MARKERS = {"dragbench-s": "prompt.json", "dragbench-d": "meta_data.pkl", "drag100": "points.json"}
+MAX_JSON_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -106,19 +108,41 @@ def list_cases(root: str | Path, fmt: str = "auto") -> list[CaseRef]:
 
 def _read_json(path: Path) -> Any:
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise InputError(f"{path.name} is over {MAX_JSON_BYTES // 2**20} MiB")
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"missing {path.name}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path.name} is not valid JSON ({err})") from None
+    except RecursionError:
+        raise InputError(f"{path.name} is nested too deeply") from None
+    except OSError as err:
+        raise InputError(f"cannot read {path.name}: {err.strerror or err}") from None
+
+
+def _number(value: Any) -> float:
+    """A finite int or float (numpy's too); strings and booleans are not numbers here."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(value)
+    number = float(value)  # OverflowError for integers beyond float's range
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
 
 
 def _points(value: Any, what: str) -> list[Point]:
-    """A list of [x, y] number pairs."""
+    """A list of [x, y] pairs of finite numbers."""
     try:
-        points = [(float(x), float(y)) for x, y in value]
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be a list of [x, y] pairs") from None
+        if isinstance(value, (str, bytes, dict)):
+            raise TypeError(value)
+        points = []
+        for point in value:
+            if isinstance(point, (str, bytes, dict)) or len(point) != 2:
+                raise TypeError(point)
+            points.append((_number(point[0]), _number(point[1])))
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{what} must be a list of [x, y] pairs of finite numbers") from None
     return points
 
 
@@ -128,13 +152,28 @@ def _split_alternating(points: list[Point], what: str) -> tuple[list[Point], lis
     return points[0::2], points[1::2]
 
 
-def _mask_file(path: Path) -> np.ndarray:
+def _mask_array(value: Any) -> np.ndarray:
+    """A mask given as an array: numeric, HxW or HxWx1; non-zero = editable."""
+    try:
+        mask = np.asarray(value)
+    except (ValueError, TypeError):
+        raise InputError("the mask must be a numeric array, not a ragged sequence") from None
+    if mask.dtype.kind not in "biuf":
+        raise InputError(f"the mask must be a numeric array, not {type(value).__name__} of {mask.dtype}")
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise InputError(f"the mask must be 2-D (or 3-D with one channel), not of shape {mask.shape}")
+    return mask > 0
+
+
+def _mask_file(path: Path, max_pixels: int | None) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"missing {path.name}")
-    return np.asarray(load_image(path, mode="L")) > 0
+    return np.asarray(load_image(path, mode="L", max_pixels=max_pixels)) > 0
 
 
-def _read_native(ref: CaseRef) -> tuple[str, list[Point], list[Point], np.ndarray]:
+def _read_native(ref: CaseRef, max_pixels: int | None) -> tuple[str, list[Point], list[Point], np.ndarray]:
     """(prompt, sources, targets, mask) from the case's native files."""
     folder = ref.folder
     if ref.format == "dragbench-s":
@@ -143,34 +182,32 @@ def _read_native(ref: CaseRef) -> tuple[str, list[Point], list[Point], np.ndarra
             raise InputError("prompt.json needs 'source' and 'target' lists")
         prompt = meta.get("prompt", "")
         sources, targets = _points(meta["source"], "source"), _points(meta["target"], "target")
-        mask = _mask_file(folder / "mask.png")
+        mask = _mask_file(folder / "mask.png", max_pixels)
     elif ref.format == "dragbench-d":
         meta = load_pickle(folder / "meta_data.pkl")
         if not isinstance(meta, dict) or "points" not in meta or "mask" not in meta:
             raise InputError("meta_data.pkl must hold a dict with 'points' and 'mask'")
         prompt = meta.get("prompt", "")
         sources, targets = _split_alternating(_points(meta["points"], "points"), "meta_data.pkl")
-        mask = np.asarray(meta["mask"])
-        if mask.ndim == 3:  # an HxWx1 or HxWxC mask: editable where any channel is
-            mask = mask.any(axis=-1)
-        mask = mask > 0
+        mask = _mask_array(meta["mask"])
     else:
         meta = _read_json(folder / "points.json")
         if not isinstance(meta, dict) or "points" not in meta:
             raise InputError("points.json needs a 'points' list")
         prompt = ""
         sources, targets = _split_alternating(_points(meta["points"], "points"), "points.json")
-        mask = _mask_file(folder / "mask.png")
+        mask = _mask_file(folder / "mask.png", max_pixels)
     if not isinstance(prompt, str):
         raise InputError("the prompt must be a string")
     return prompt, sources, targets, mask
 
 
-def load_case(ref: CaseRef) -> DragCase:
-    """Read and check one case; a malformed case raises ``InputError('case <id>: ...')``."""
+def load_case(ref: CaseRef, max_pixels: int | None = None) -> DragCase:
+    """Read and check one case (images of at most ``max_pixels``, default :data:`sdedrag.io.MAX_IMAGE_PIXELS`);
+    a malformed case raises ``InputError('case <id>: ...')``."""
     try:
-        image = load_image(ref.image_path)
-        prompt, sources, targets, mask = _read_native(ref)
+        image = load_image(ref.image_path, max_pixels=max_pixels)
+        prompt, sources, targets, mask = _read_native(ref, max_pixels)
         validate_points(sources, targets, image.size)
         if mask.shape != (image.size[1], image.size[0]):
             width, height = image.size

@@ -12,6 +12,7 @@ case records by the main process at the end.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import time
@@ -27,13 +28,26 @@ from PIL import Image
 
 from sdedrag.bench.formats import CaseRef, DragCase, list_cases, load_case, resize_case
 from sdedrag.errors import InputError, SdedragError
-from sdedrag.io import atomic_output_dir, environment, file_sha256, run_record, write_json
-from sdedrag.lora import LoraSettings
+from sdedrag.io import (
+    atomic_output_dir,
+    check_output_dir,
+    check_writable,
+    environment,
+    file_sha256,
+    is_sdedrag_record,
+    run_record,
+    write_json,
+)
+from sdedrag.runs import COMMAND, drag_results, request_args
 from sdedrag.session import DragSession
-from sdedrag.tasks.drag import DragParams
+from sdedrag.settings import DragParams, LoraSettings
+from sdedrag.tasks.drag import DragRequest
 
 # Drag arguments that may differ between the runs resumed into one output folder (they do not change results).
 RESUMABLE_CHANGES = frozenset({"device", "lora_cache"})
+SUMMARY = "summary.json"
+# What atomic_output_dir and write_json leave when killed: .<name>.partial-XXXXXXXX folders, .<name>.tmp-PID files.
+PARTIAL_NAME = re.compile(r"^\..+\.(partial-[A-Za-z0-9_]{8}|tmp-\d+)$")
 
 
 @dataclass(frozen=True)
@@ -45,15 +59,52 @@ class BenchPlan:
     format: str = "auto"
     limit: int | None = None
     max_size: int | None = None
+    max_pixels: int | None = None  # per-case image limit; None: sdedrag.io.MAX_IMAGE_PIXELS
 
 
 def record_path(out: Path, case_id: str) -> Path:
     return out / case_id / "run.json"
 
 
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A case's run.json, or None if it is missing or is not a readable sdedrag drag record."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not (isinstance(record, dict) and isinstance(record.get("args"), dict) and isinstance(record.get("results"), dict)):
+        return None
+    return record
+
+
+def check_out(out: Path) -> None:
+    """Raise InputError unless ``out`` can take a benchmark run: a new folder, or a writable folder whose
+    summary.json, if any, sdedrag wrote (other files in it are never touched)."""
+    if not out.exists():
+        check_output_dir(out)
+        return
+    if not out.is_dir():
+        raise InputError(f"output {out} exists and is not a folder")
+    summary = out / SUMMARY
+    if (summary.exists() or summary.is_symlink()) and not is_sdedrag_record(summary):
+        raise InputError(f"{summary} was not written by sdedrag; choose another output folder")
+    check_writable(out)
+
+
+def case_problem(out: Path, ref: CaseRef) -> str | None:
+    """Why case ``ref`` cannot be run into ``out`` whatever its data, or None."""
+    if ref.id.split("/")[0] == SUMMARY:
+        return f"case id {ref.id} clashes with the run's {SUMMARY}"
+    path = record_path(out, ref.id)
+    if path.exists() and read_record(path) is None:
+        return f"{path} is not a readable sdedrag record; delete {path.parent} to redo the case"
+    return None
+
+
 def remove_partials(out: Path) -> list[Path]:
-    """Delete what killed runs left behind: temporary case folders and temporary JSON files."""
-    leftovers = sorted(p for p in out.rglob(".*") if ".partial-" in p.name or ".tmp-" in p.name)
+    """Delete what killed runs left behind in ``out`` and its category folders: temporary case folders and
+    temporary JSON files (by their names, so nothing else is touched)."""
+    leftovers = sorted(p for p in [*out.glob(".*"), *out.glob("*/.*")] if PARTIAL_NAME.match(p.name))
     for path in leftovers:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -65,10 +116,9 @@ def remove_partials(out: Path) -> list[Path]:
 def check_resumable(out: Path, refs: list[CaseRef], drag_args: Mapping[str, Any], max_size: int | None) -> None:
     """Refuse to mix settings in one output folder: a finished case must have been run like this run."""
     for ref in refs:
-        path = record_path(out, ref.id)
-        if not path.is_file():
+        record = read_record(record_path(out, ref.id))
+        if record is None:
             continue
-        record = json.loads(path.read_text())
         stored = {**record["args"], "max_size": record["results"].get("max_size")}
         wanted = {**drag_args, "max_size": max_size}
         changed = sorted(k for k in wanted if k not in RESUMABLE_CHANGES and stored.get(k) != wanted[k])
@@ -92,31 +142,22 @@ def run_case(
     """Drag one case into ``folder`` (atomically) and return its run.json results."""
     start = time.perf_counter()
     with atomic_output_dir(folder) as staging:
-        result = session.drag(case.image, case.sources, case.targets, case.mask, case.prompt, params, lora)
+        request = DragRequest(case.image, case.sources, case.targets, case.mask, case.prompt, params)
+        result = session.drag(request, lora)
         result.image.save(staging / "result.png")
         case.image.save(staging / "input.png")
         Image.fromarray(case.mask.astype(np.uint8) * 255).save(staging / "mask.png")
-        args = {
-            "image": str(folder / "input.png"),
-            "source": [list(p) for p in case.sources],
-            "target": [list(p) for p in case.targets],
-            "mask": str(folder / "mask.png"),
-            "prompt": case.prompt,
-            **drag_args,
-        }
+        args = {**request_args(request, str(folder / "input.png"), str(folder / "mask.png")), **drag_args}
         results = {
             "case": case.id,
             "category": case.category,
             **info,
             "dataset_image": str(case.image_path),
             "dataset_image_sha256": file_sha256(case.image_path),
-            "size": list(case.image.size),
-            "moves": result.moves,
-            "timings": result.timings,
+            **drag_results(request, result),
             "seconds": time.perf_counter() - start,
-            "warnings": result.warnings,
         }
-        write_json(staging / "run.json", run_record("drag", args, results))
+        write_json(staging / "run.json", run_record(COMMAND, args, results))
     return results
 
 
@@ -127,9 +168,9 @@ def build_summary(
     cases that failed or are still missing."""
     cases = []
     for ref in refs:
-        path = record_path(plan.out, ref.id)
-        if path.is_file():
-            results = json.loads(path.read_text())["results"]
+        record = read_record(record_path(plan.out, ref.id))
+        if record is not None:
+            results = record["results"]
             cases.append({
                 "id": ref.id,
                 "category": ref.category,
@@ -167,11 +208,12 @@ def run_benchmark(
     """Run the plan's pending cases on this process's share; the main process returns the summary (written
     to OUT/summary.json), the others None. Cases that cannot be read or dragged are reported and skipped."""
     refs = list_cases(plan.dataset, plan.format)[: plan.limit]
+    check_out(plan.out)
     check_resumable(plan.out, refs, drag_args, plan.max_size)
     if state.is_main_process:
         plan.out.mkdir(parents=True, exist_ok=True)
         remove_partials(plan.out)
-    pending = [ref for ref in refs if not record_path(plan.out, ref.id).is_file()]
+    pending = [ref for ref in refs if not record_path(plan.out, ref.id).exists() or case_problem(plan.out, ref)]
     state.wait_for_everyone()  # every process has the same pending list before anyone writes
     tag = f"[rank {state.process_index}] " if state.num_processes > 1 else ""
     info = {
@@ -186,12 +228,17 @@ def run_benchmark(
         session = make_session() if mine else None
         for index, ref in enumerate(mine, 1):
             try:
-                case = load_case(ref)
+                problem = case_problem(plan.out, ref)
+                if problem:
+                    raise InputError(problem)
+                case = load_case(ref, plan.max_pixels)
                 if plan.max_size:
                     case = resize_case(case, plan.max_size)
                 results = run_case(session, case, plan.out / ref.id, params, lora, drag_args, info)
-            except SdedragError as err:
-                message = str(err) if str(err).startswith(f"case {ref.id}: ") else f"case {ref.id}: {err}"
+            except Exception as err:  # one bad case must not end the run: report it and go on
+                reason = str(err) if isinstance(err, SdedragError) else f"{type(err).__name__}: {err}"
+                reason = " ".join(reason.split()) or type(err).__name__
+                message = reason if reason.startswith(f"case {ref.id}: ") else f"case {ref.id}: {reason}"
                 print(f"{tag}skipping {message}", file=sys.stderr)
                 failed.append({"id": ref.id, "error": message})
                 continue
@@ -214,7 +261,7 @@ def run_benchmark(
         "args": dict(drag_args),
     }
     summary = build_summary(plan, refs, failed, header)
-    write_json(plan.out / "summary.json", summary)
+    write_json(plan.out / SUMMARY, summary)
     return summary
 
 

@@ -4,6 +4,10 @@ Each page shows one case (input with its drag arrows) and two methods' results i
 only "Left" and "Right"; images and the vote form are addressed by random one-off tokens, so nothing in the
 page names a method. A rater is a cookie (random, or the name given once as ``/?rater=NAME``); each rater
 sees every comparison at most once, and votes go straight to SQLite, so they survive restarts.
+
+Open questions (and their tokens) are held for at most ``ttl`` seconds since last shown and ``max_open``
+at a time, oldest dropped first, so visitors without a cookie cannot grow the server's memory; request
+bodies are bounded and must declare a valid Content-Length, and slow clients time out.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import random
 import re
 import secrets
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.cookies import SimpleCookie
@@ -27,6 +34,10 @@ from sdedrag.bench.study import QUESTION, Comparison, Study, VoteStore
 COOKIE = "sdedrag_rater"
 RATER_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MAX_FORM_BYTES = 4096
+MAX_OPEN_QUESTIONS = 10_000
+QUESTION_TTL = 6 * 3600.0  # seconds
+REQUEST_TIMEOUT = 30.0  # seconds a client may take to send a request
+LISTEN_BACKLOG = 1024
 NOT_RECORDED = "That vote was not recorded (already answered, or the page was from before a restart). "
 
 
@@ -48,22 +59,59 @@ class StudyApp:
     """The study's state behind the HTTP handler: each rater's open question and the images it shows.
 
     A rater has at most one open question; reloading the page shows it again (same order), so a rater
-    cannot reshuffle comparisons by reloading.
+    cannot reshuffle comparisons by reloading. Open questions last ``ttl`` seconds since last shown, and
+    at most ``max_open`` are held (the least recently shown go first).
     """
 
-    def __init__(self, study: Study, store: VoteStore):
+    def __init__(
+        self,
+        study: Study,
+        store: VoteStore,
+        max_open: int = MAX_OPEN_QUESTIONS,
+        ttl: float = QUESTION_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.study, self.store = study, store
+        self.max_open, self.ttl, self.clock = max_open, ttl, clock
         self.random = random.Random()
         self._lock = threading.Lock()
-        self._open: dict[str, tuple[str, Shown, dict[str, str]]] = {}  # rater -> (form token, shown, images)
+        # rater -> (form token, shown, images), least recently shown first, and when each was last shown
+        self._open: OrderedDict[str, tuple[str, Shown, dict[str, str]]] = OrderedDict()
+        self._shown_at: dict[str, float] = {}
         self._images: dict[str, tuple[str, str]] = {}  # image token -> ("input" or a method, case id)
         self._arrows: dict[str, bytes] = {}
+
+    def _close(self, rater: str) -> tuple[str, Shown, dict[str, str]]:
+        """Forget the rater's open question and its image tokens (the lock is held)."""
+        question = self._open.pop(rater)
+        del self._shown_at[rater]
+        for image_token in question[2].values():
+            self._images.pop(image_token, None)
+        return question
+
+    def _expire(self, now: float) -> None:
+        """Drop questions not shown for ``ttl`` seconds, and the oldest beyond ``max_open`` (the lock is held)."""
+        while self._open:
+            oldest = next(iter(self._open))
+            if len(self._open) <= self.max_open and now - self._shown_at[oldest] <= self.ttl:
+                break
+            self._close(oldest)
+
+    def open_questions(self) -> tuple[int, int]:
+        """How many questions and image tokens are held."""
+        with self._lock:
+            self._expire(self.clock())
+            return len(self._open), len(self._images)
 
     def next_question(self, rater: str) -> tuple[str, Shown, dict[str, str]] | None:
         """The rater's open question, or a new one they have not answered (with form and image tokens);
         None when they have answered everything."""
         with self._lock:
+            now = self.clock()
+            self._expire(now)
             if rater in self._open:
+                self._open.move_to_end(rater)
+                self._shown_at[rater] = now
                 return self._open[rater]
         answered = self.store.answered(rater)
         remaining = [c for c in self.study.comparisons if c not in answered]
@@ -77,18 +125,20 @@ class StudyApp:
                 images[role] = secrets.token_urlsafe(16)
                 self._images[images[role]] = (source, comparison.case_id)
             self._open[rater] = (secrets.token_urlsafe(16), shown, images)
-            return self._open[rater]
+            self._shown_at[rater] = self.clock()
+            question = self._open[rater]
+            self._expire(self._shown_at[rater])
+            return question
 
     def vote(self, rater: str, token: str, choice: str) -> bool:
         """Record the rater's choice ('left' or 'right') on their open question ``token``; False if that is
         not their open question (e.g. a page from before a restart) or they already voted on it."""
         with self._lock:
+            self._expire(self.clock())
             question = self._open.get(rater)
             if question is None or question[0] != token or choice not in ("left", "right"):
                 return False
-            _, shown, images = self._open.pop(rater)
-            for image_token in images.values():
-                self._images.pop(image_token, None)
+            _, shown, _ = self._close(rater)
         winner = shown.left if choice == "left" else shown.right
         return self.store.add(rater, shown.comparison, winner, shown.left)
 
@@ -154,6 +204,7 @@ class StudyHandler(BaseHTTPRequestHandler):
 
     app: StudyApp  # set on the subclass made by make_server
     server_version = "sdedrag-study"
+    timeout = REQUEST_TIMEOUT
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         pass  # keep the console for the URL and errors
@@ -215,8 +266,14 @@ class StudyHandler(BaseHTTPRequestHandler):
         if urlsplit(self.path).path != "/vote":
             self._send(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
             return
-        length = int(self.headers.get("Content-Length") or 0)
+        declared = self.headers.get("Content-Length", "")
+        if not (declared.isascii() and declared.isdigit()):
+            self.close_connection = True  # the body's end is unknown
+            self._send(HTTPStatus.BAD_REQUEST, b"a vote needs a valid Content-Length", "text/plain")
+            return
+        length = int(declared)
         if length > MAX_FORM_BYTES:
+            self.close_connection = True
             self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"form too large", "text/plain")
             return
         form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
@@ -225,9 +282,14 @@ class StudyHandler(BaseHTTPRequestHandler):
         self._redirect("/" if recorded else "/?unrecorded=1")
 
 
+class StudyServer(ThreadingHTTPServer):
+    """A threading HTTP server with a listen backlog for bursts of votes (socketserver's default is 5)."""
+
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True
+
+
 def make_server(app: StudyApp, host: str = "127.0.0.1", port: int = 7860) -> ThreadingHTTPServer:
     """An HTTP server for ``app`` (not started: call ``serve_forever``); port 0 picks a free port."""
     handler = type("BoundStudyHandler", (StudyHandler,), {"app": app})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    return StudyServer((host, port), handler)
