@@ -13,20 +13,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
+from PIL import Image
 
-from conftest import smooth_image
 from sdedrag.bench.study import Comparison, Study, VoteStore
 from sdedrag.bench.study_server import StudyApp, make_server
 from sdedrag.engine import decode, encode
 from sdedrag.errors import InputError
-from sdedrag.models import load_model
+from sdedrag.models import GaussianMixture, load_model
 from sdedrag.models.attention_control import mutual_self_attention, self_attention_layers
 from sdedrag.models.features import captured_features, feature_block, resize_features
+from sdedrag.runs import settings_args, settings_from_args
+from sdedrag.settings import DRAGDIFFUSION_LORA, DragDiffusionParams, DragParams
 from sdedrag.shapes.bench import make_drag_case
 from sdedrag.shapes.metrics import drag_metrics
-from sdedrag.tasks.common import image_to_latent
+from sdedrag.tasks.common import image_to_latent, paste_weights
+from sdedrag.tasks.drag import DragRequest
 from sdedrag.tasks.dragdiffusion import (
-    DragDiffusionParams,
     dragdiffusion,
     motion_supervision,
     optimize_latent,
@@ -34,6 +36,8 @@ from sdedrag.tasks.dragdiffusion import (
     to_feature_points,
     track_points,
 )
+from tests.conftest import smooth_image
+from tests.helpers import leftovers, run_cli
 
 DEFAULTS = DragDiffusionParams()
 
@@ -47,7 +51,7 @@ def shapes():
 def inverted(tiny64):
     """A 64x64 image DDIM-inverted on tiny at the default strength: (latent, grid, cond, feature size)."""
     cond = tiny64.condition("a photo")
-    grid = tiny64.schedule.grid(DEFAULTS.steps, DEFAULTS.inversion_strength)
+    grid = tiny64.schedule.grid(DEFAULTS.steps, DEFAULTS.t0)
     latent = encode(tiny64, image_to_latent(tiny64, smooth_image(64, 64)), grid, "ode", cond).x_t0
     return latent, grid, cond, (32, 32)
 
@@ -61,17 +65,17 @@ def features_at(model, latent, t, cond, size, index=DEFAULTS.feature_index):
 def test_defaults_are_the_authors_dragbench_settings():
     """drag_bench_evaluation/run_drag_diffusion.py: 50 DDIM steps, strength 0.7, feature 3 at half size,
     r_m 1, r_p 3, lambda 0.1, lr 0.01, 80 steps, stop within 2 feature pixels, MasaCtrl from step 0 layer 10."""
-    assert (DEFAULTS.steps, DEFAULTS.inversion_strength) == (50, 0.7)
+    assert (DEFAULTS.steps, DEFAULTS.t0) == (50, 0.7)  # t0: the inversion strength
     assert (DEFAULTS.feature_index, DEFAULTS.feature_scale) == (3, 0.5)
     assert (DEFAULTS.motion_radius, DEFAULTS.tracking_radius, DEFAULTS.mask_weight) == (1, 3, 0.1)
-    assert (DEFAULTS.learning_rate, DEFAULTS.iterations, DEFAULTS.reach) == (0.01, 80, 2.0)
+    assert (DEFAULTS.latent_lr, DEFAULTS.iterations, DEFAULTS.reach) == (0.01, 80, 2.0)
     assert (DEFAULTS.start_step, DEFAULTS.start_layer) == (0, 10)
 
 
 @pytest.mark.parametrize(
     "change",
-    [dict(steps=0), dict(inversion_strength=0.0), dict(inversion_strength=1.5), dict(feature_scale=0.0),
-     dict(motion_radius=-1), dict(learning_rate=0.0), dict(iterations=-1), dict(reach=0.0), dict(start_layer=-1)],
+    [dict(steps=0), dict(t0=0.0), dict(t0=1.5), dict(feature_scale=0.0), dict(method="sde"),
+     dict(motion_radius=-1), dict(latent_lr=0.0), dict(iterations=-1), dict(reach=0.0), dict(start_layer=-1)],
 )
 def test_bad_settings_are_one_line_errors(change):
     with pytest.raises(InputError) as err:
@@ -181,14 +185,15 @@ def test_a_drag_optimises_only_the_latent_and_counts_unet_calls(tiny64):
     ]
     params = replace(DEFAULTS, iterations=6)
     try:
-        result = dragdiffusion(tiny64, smooth_image(64, 48), [(20, 20)], [(30, 24)], None, "a photo", params)
+        request = DragRequest(smooth_image(64, 48), [(20, 20)], [(30, 24)], None, "a photo", params)
+        result = dragdiffusion(tiny64, request)
     finally:
         for hook in hooks:
             hook.remove()
     assert all(torch.equal(weights[name], p) for name, p in unet.state_dict().items())
     assert {name: p.requires_grad for name, p in unet.named_parameters()} == flags
     assert all(p.grad is None for p in unet.parameters())
-    steps = round(DEFAULTS.inversion_strength * DEFAULTS.steps)
+    steps = round(DEFAULTS.t0 * DEFAULTS.steps)
     stopped_early = int(result.iterations < params.iterations)
     assert calls == {"forward": steps + 1 + result.iterations + stopped_early + steps, "backward": result.iterations}
     assert result.image.size == (64, 48) and result.latent.shape == (1, 4, 6, 8)
@@ -199,9 +204,9 @@ def test_without_optimisation_the_drag_is_the_ode_reconstruction(tiny64):
     and the result is the engine's DDIM reconstruction."""
     image = smooth_image(64, 64)
     params = replace(DEFAULTS, iterations=0, start_layer=0, paste_back=False)
-    result = dragdiffusion(tiny64, image, [(20, 20)], [(30, 24)], None, "a photo", params)
+    result = dragdiffusion(tiny64, DragRequest(image, [(20, 20)], [(30, 24)], None, "a photo", params))
     cond = tiny64.condition("a photo")
-    grid = tiny64.schedule.grid(params.steps, params.inversion_strength)
+    grid = tiny64.schedule.grid(params.steps, params.t0)
     trajectory = encode(tiny64, image_to_latent(tiny64, image), grid, "ode", cond)
     assert torch.allclose(result.latent, decode(tiny64, trajectory.x_t0, trajectory, "ode", cond), atol=1e-10)
 
@@ -252,7 +257,8 @@ def test_a_shapes_drag_moves_the_shape_towards_the_target(shapes):
     """A ShapesBench case at the authors' settings: the shape is found much nearer the target than it started."""
     case = make_drag_case(0, 3)
     params = replace(DEFAULTS, paste_back=False)
-    result = dragdiffusion(shapes, case.scene.pil(), [case.source], [case.target], case.editable, "", params)
+    request = DragRequest(case.scene.pil(), [case.source], [case.target], case.editable, "", params)
+    result = dragdiffusion(shapes, request)
     metrics = drag_metrics(case.scene.image, np.asarray(result.image), case.shape, case.target, case.editable)
     assert metrics.found and metrics.distance < 0.25 * metrics.drag_length
     assert math.dist(result.handles[0], case.target) < 2 * 2 / DEFAULTS.feature_scale
@@ -261,14 +267,13 @@ def test_a_shapes_drag_moves_the_shape_towards_the_target(shapes):
 
 def test_bad_inputs_are_one_line_errors(tiny32):
     image = smooth_image(32, 32)
-    for call in (
-        lambda: dragdiffusion(tiny32, image, [(5, 5)], [(40, 5)]),
-        lambda: dragdiffusion(tiny32, image, [(5, 5)], [(9, 5)], np.ones((8, 8), bool)),
-        lambda: dragdiffusion(tiny32, image, [(5, 5)], [(9, 5)], params=replace(DEFAULTS, feature_index=4)),
-    ):
+    mixture = GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
+    for model, params in ((tiny32, replace(DEFAULTS, feature_index=4)), (mixture, DEFAULTS)):
         with pytest.raises(InputError) as err:
-            call()
+            dragdiffusion(model, DragRequest(image, [(5, 5)], [(9, 5)], None, "", params))
         assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match="needs DragDiffusionParams"):
+        dragdiffusion(tiny32, DragRequest(image, [(5, 5)], [(9, 5)]))
 
 
 def test_the_study_compares_three_method_folders_pairwise(tmp_path):
@@ -299,3 +304,85 @@ def test_the_study_compares_three_method_folders_pairwise(tmp_path):
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_method_defaults_resolve_missing_settings():
+    """Absent or None arguments take the method's defaults: the authors' for DragDiffusion (LoRA too)."""
+    params, lora = settings_from_args({"method": "dragdiffusion", "steps": None, "iterations": 7, "lora": True})
+    assert params == replace(DEFAULTS, iterations=7) and lora == DRAGDIFFUSION_LORA
+    assert (lora.rank, lora.steps, lora.learning_rate, lora.batch_size) == (16, 80, 5e-4, 4)
+    params, lora = settings_from_args({"method": "ode", "t0": None, "lora": False})
+    assert params == DragParams(method="ode") and lora is None
+    assert settings_from_args(settings_args(params, DRAGDIFFUSION_LORA)) == (params, DRAGDIFFUSION_LORA)
+    with pytest.raises(InputError, match="method must be one of sde, ode, dragdiffusion"):
+        settings_from_args({"method": "gan", "lora": False})
+
+
+def write_inputs(folder, image, mask):
+    image.save(folder / "input.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "mask.png")
+    return folder / "input.png", folder / "mask.png"
+
+
+def test_dragdiffusion_from_the_cli_records_the_authors_settings_and_replays(tmp_path):
+    image = smooth_image(96, 72)
+    mask = np.zeros((72, 96), bool)
+    mask[10:60, 10:80] = True
+    image_path, mask_path = write_inputs(tmp_path, image, mask)
+    out = tmp_path / "dd"
+    argv = ["drag", "--method", "dragdiffusion", "--model", "tiny", "--image", str(image_path), "--mask",
+            str(mask_path), "--source", "30,30", "--target", "50,40", "--prompt", "a photo", "--iterations", "4",
+            "--lora-steps", "2", "--lora-cache", str(tmp_path / "cache"), "--out", str(out)]
+    assert run_cli(argv) == 0
+    record = json.loads((out / "run.json").read_text())
+    args, results = record["args"], record["results"]
+    assert {k: args[k] for k in ("method", "steps", "t0", "feature_index", "feature_scale", "motion_radius")} == {
+        "method": "dragdiffusion", "steps": 50, "t0": 0.7, "feature_index": 3, "feature_scale": 0.5, "motion_radius": 1}
+    assert (args["tracking_radius"], args["mask_weight"], args["latent_lr"], args["iterations"]) == (3, 0.1, 0.01, 4)
+    assert (args["start_step"], args["start_layer"], args["lora_lr"], args["lora_batch_size"]) == (0, 10, 5e-4, 4)
+    assert results["process"] == "ode" and results["moves"] == 1 and 0 < results["iterations"] <= 4
+    assert len(results["tracked"]) == 1 and "lora_seconds" in results["timings"]
+    [info] = (tmp_path / "cache").glob("*/info.json")
+    assert json.loads(info.read_text())["settings"]["batch_size"] == 4
+    assert sorted(p.name for p in (out / "frames").iterdir()) == ["000_input.png", "001.png"]
+    assert Image.open(out / "trajectory.gif").n_frames == 2
+    result = np.asarray(Image.open(out / "result.png").convert("RGB"))
+    outside = paste_weights(mask) == 0
+    assert result.shape == (72, 96, 3) and np.array_equal(result[outside], np.asarray(image)[outside])
+
+    replay = tmp_path / "replay"
+    assert run_cli(["drag", "--config", str(out / "run.json"), "--out", str(replay)]) == 0
+    assert (replay / "result.png").read_bytes() == (out / "result.png").read_bytes()
+
+
+def test_dragdiffusion_from_the_cli_on_shapes(tmp_path):
+    """The pixel-space shapes model: no LoRA (a warning says so), mutual self-attention off at the default layer."""
+    case = make_drag_case(0, 3)
+    image_path, mask_path = write_inputs(tmp_path, case.scene.pil(), case.editable)
+    out = tmp_path / "shapes"
+    (sx, sy), (tx, ty) = case.source, case.target
+    argv = ["drag", "--method", "dragdiffusion", "--model", "shapes", "--image", str(image_path), "--mask",
+            str(mask_path), "--source", f"{sx},{sy}", "--target", f"{tx},{ty}", "--iterations", "3", "--out", str(out)]
+    assert run_cli(argv) == 0
+    results = json.loads((out / "run.json").read_text())["results"]
+    assert results["size"] == [32, 32] and results["iterations"] <= 3
+    assert any("LoRA skipped" in w for w in results["warnings"])
+    assert any("mutual self-attention is off" in w for w in results["warnings"])
+    assert Image.open(out / "trajectory.gif").n_frames == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--feature-index", "9"], "feature index must be below 4"), (["--motion-radius", "-1"], "radius must be"),
+     (["--latent-lr", "0"], "latent"), (["--feature-scale", "2"], "--feature-scale")],
+)
+def test_bad_dragdiffusion_options_are_one_line_errors(tmp_path, capsys, extra, message):
+    image_path = tmp_path / "input.png"
+    smooth_image(32, 32).save(image_path)
+    out = tmp_path / "out"
+    argv = ["drag", "--method", "dragdiffusion", "--model", "tiny", "--no-lora", "--image", str(image_path),
+            "--source", "5,5", "--target", "20,9", "--out", str(out), *extra]
+    assert run_cli(argv) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
+    assert leftovers(out) == []

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 
 from sdedrag.lora import LoraCache, lora_applied, supports_lora
 from sdedrag.models import DiffusionModel, load_model
-from sdedrag.settings import DEFAULT_MODEL, LoraSettings
+from sdedrag.settings import DEFAULT_MODEL, DragDiffusionParams, LoraSettings
 from sdedrag.tasks.drag import DragRequest, DragResult, iter_drag
+from sdedrag.tasks.dragdiffusion import iter_dragdiffusion
 
 
 class DragSession:
@@ -34,9 +35,9 @@ class DragSession:
     def stream(
         self, request: DragRequest, lora: LoraSettings | None = None, progress: bool = False
     ) -> Iterator[DragResult]:
-        """Like :func:`sdedrag.tasks.drag.iter_drag`, with per-image LoRA (trained or read from the cache)
-        when ``lora`` is given and the model supports it (else a warning says it was skipped);
-        ``timings`` gain ``lora_seconds``."""
+        """Like :func:`sdedrag.tasks.drag.iter_drag` (``iter_dragdiffusion`` for DragDiffusion settings), with
+        per-image LoRA (trained or read from the cache) when ``lora`` is given and the model supports it (else a
+        warning says it was skipped); ``timings`` gain ``lora_seconds``."""
         notes = []
         if lora is not None and not supports_lora(self.model):
             notes.append(f"per-image LoRA skipped: {self.model.name!r} is not a plain Stable Diffusion model")
@@ -50,7 +51,8 @@ class DragSession:
                 lora_seconds = time.perf_counter() - start
                 adapter = lora_applied(self.model, weights)
             with adapter:
-                for result in iter_drag(self.model, request, progress):
+                run = iter_dragdiffusion if isinstance(request.params, DragDiffusionParams) else iter_drag
+                for result in run(self.model, request, progress):
                     result.timings["lora_seconds"] = lora_seconds
                     result.warnings[:0] = [n for n in notes if n not in result.warnings]
                     yield result

@@ -100,6 +100,61 @@ class DragParams(SolverParams):
         )
 
 
+DragMethod = Literal["sde", "ode", "dragdiffusion"]
+DRAG_METHODS: tuple[str, ...] = get_args(DragMethod)
+"""Drag methods: SDE-Drag, ODE-Drag (:class:`DragParams`) and DragDiffusion (:class:`DragDiffusionParams`)."""
+
+
+@dataclass(frozen=True)
+class DragDiffusionParams:
+    """DragDiffusion (Shi et al., CVPR 2024) settings; the defaults are the authors' DragBench evaluation
+    (drag_bench_evaluation/run_drag_diffusion.py). ``t0`` is their inversion strength: the fraction of the
+    ``steps`` DDIM steps that are inverted, optimised at and decoded from (35 of 50), both ways with guidance 1."""
+
+    method: Literal["dragdiffusion"] = "dragdiffusion"
+    steps: int = 50
+    t0: float = 0.7
+    feature_index: int = 3  # 0: the UNet's mid block, k: its decoder block k - 1
+    feature_scale: float = 0.5  # supervision features are resized to this fraction of the image size
+    motion_radius: int = 1  # r_m, feature pixels
+    tracking_radius: int = 3  # r_p, feature pixels
+    mask_weight: float = 0.1  # lambda: weight of the L1 change of the one-step DDIM prediction outside the mask
+    latent_lr: float = 0.01  # Adam on the latent
+    iterations: int = 80  # at most this many Adam steps
+    reach: float = 2.0  # feature pixels: a handle this close to its target is done; all done stops early
+    start_step: int = 0  # mutual self-attention from this denoising step on ...
+    start_layer: int = 10  # ... in the self-attention layers from this one on (call order)
+    paste_back: bool = True  # keep the input's pixels exactly outside the dilated, feathered mask
+    dilate: float = 8.0  # image pixels
+    feather: float = 8.0  # image pixels
+    process: ClassVar[Process] = "ode"
+
+    def __post_init__(self) -> None:
+        check(
+            self,
+            (self.method == "dragdiffusion", "method must be dragdiffusion"),
+            (self.steps >= 1, "steps must be at least 1"),
+            (0.0 < self.t0 <= 1.0, "t0 (inversion strength) must be in (0, 1]"),
+            (self.feature_index >= 0, "feature index must be non-negative"),
+            (0.0 < self.feature_scale <= 1.0, "feature scale must be in (0, 1]"),
+            (self.motion_radius >= 0, "motion supervision radius must be non-negative"),
+            (self.tracking_radius >= 0, "point tracking radius must be non-negative"),
+            (self.mask_weight >= 0, "mask weight must be non-negative"),
+            (self.latent_lr > 0, "latent learning rate must be positive"),
+            (self.iterations >= 0, "iterations must be non-negative"),
+            (self.reach > 0, "reach must be positive"),
+            (self.start_step >= 0 and self.start_layer >= 0, "start step and start layer must be non-negative"),
+            (self.dilate >= 0 and self.feather >= 0, "dilate and feather must be non-negative"),
+        )
+
+
+DRAGBENCH_PASTE_BACK = False
+DRAGBENCH_LORA_RANK = 4
+"""``sdedrag bench run``'s defaults for SDE-Drag and ODE-Drag where they differ from ``sdedrag drag``'s: the
+paper's DragBench evaluation (ML-GSAI/SDE-Drag sdedrag_dragbench.py) trains a rank-4 LoRA (100 steps at
+lr 2e-4, utils/train_lora.py, as :class:`LoraSettings`) and saves the decoded image without pasting back."""
+
+
 @dataclass(frozen=True)
 class MaskedEditParams(SolverParams):
     """Solver settings of an edit inside a mask, whose result keeps the input's pixels outside it."""
@@ -217,3 +272,8 @@ def _is_int(value: object) -> bool:
 
 def _positive(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+DRAGDIFFUSION_LORA = LoraSettings(steps=80, learning_rate=5e-4, batch_size=4)
+"""DragDiffusion's per-image LoRA (drag_bench_evaluation/run_lora_training.py): rank 16, 80 AdamW steps at
+lr 5e-4, batch 4, weight decay 1e-2, on the attention projections."""

@@ -23,7 +23,7 @@ from torch import Tensor
 from sdedrag.engine import cosine_ramp, decode, encode, linear_ramp
 from sdedrag.errors import InputError
 from sdedrag.models.base import DiffusionModel
-from sdedrag.settings import DragParams
+from sdedrag.settings import DragDiffusionParams, DragParams
 from sdedrag.tasks.common import (
     generator_for,
     image_to_latent,
@@ -58,7 +58,7 @@ class DragRequest:
     targets: Sequence[Point]
     mask: np.ndarray | None = None
     prompt: str = ""
-    params: DragParams = DragParams()
+    params: DragParams | DragDiffusionParams = DragParams()
 
     def __post_init__(self) -> None:
         validate_points(self.sources, self.targets, self.image.size)

@@ -12,70 +12,24 @@ Handles and targets live on the feature grid (``feature_scale`` of the image siz
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
 from sdedrag.engine import Grid, decode, encode
 from sdedrag.engine.steps import eta_step
 from sdedrag.errors import InputError
-from sdedrag.lora import LoraSettings
 from sdedrag.models.attention_control import mutual_self_attention, self_attention_layers
 from sdedrag.models.base import DiffusionModel
 from sdedrag.models.features import captured_features, feature_count, frozen, resize_features, unet_of
+from sdedrag.settings import DragDiffusionParams
 from sdedrag.tasks.common import image_to_latent, latent_to_image, paste_back, require_plain_model
-from sdedrag.tasks.drag import DragResult, Point, latent_mask, targets_outside_mask, validate_points
-
-DRAGDIFFUSION_LORA = LoraSettings(rank=16, steps=80, learning_rate=5e-4, batch_size=4)
-"""The authors' per-image LoRA (drag_bench_evaluation/run_lora_training.py): rank 16, 80 AdamW steps at
-lr 5e-4 with batch 4 and weight decay 1e-2 on the attention projections."""
-
-
-@dataclass(frozen=True)
-class DragDiffusionParams:
-    """DragDiffusion settings; the defaults are the authors' DragBench evaluation."""
-
-    steps: int = 50  # DDIM steps over the whole schedule
-    inversion_strength: float = 0.7  # fraction of them inverted, optimised at and decoded from (35 of 50)
-    feature_index: int = 3  # 0: mid block, k: decoder block k - 1 (see sdedrag.models.features)
-    feature_scale: float = 0.5  # features are resized to this fraction of the image size
-    motion_radius: int = 1  # r_m, feature pixels
-    tracking_radius: int = 3  # r_p, feature pixels
-    mask_weight: float = 0.1  # lambda: weight of the L1 change outside the mask
-    learning_rate: float = 0.01  # Adam, on the latent
-    iterations: int = 80  # at most this many Adam steps
-    reach: float = 2.0  # feature pixels: a handle this close to its target is done; all done stops early
-    start_step: int = 0  # mutual self-attention from this denoising step on ...
-    start_layer: int = 10  # ... in the self-attention layers from this one on (call order)
-    paste_back: bool = True  # keep the input's pixels exactly outside the dilated, feathered mask
-    dilate: float = 8.0  # image pixels
-    feather: float = 8.0  # image pixels
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.steps >= 1, "steps must be at least 1"),
-            (0.0 < self.inversion_strength <= 1.0, "inversion strength must be in (0, 1]"),
-            (self.feature_index >= 0, "feature index must be non-negative"),
-            (0.0 < self.feature_scale <= 1.0, "feature scale must be in (0, 1]"),
-            (self.motion_radius >= 0, "motion supervision radius must be non-negative"),
-            (self.tracking_radius >= 0, "point tracking radius must be non-negative"),
-            (self.mask_weight >= 0, "mask weight must be non-negative"),
-            (self.learning_rate > 0, "learning rate must be positive"),
-            (self.iterations >= 0, "iterations must be non-negative"),
-            (self.reach > 0, "reach must be positive"),
-            (self.start_step >= 0 and self.start_layer >= 0, "start step and start layer must be non-negative"),
-            (self.dilate >= 0 and self.feather >= 0, "dilate and feather must be non-negative"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(f"{message} (got {asdict(self)})")
-
+from sdedrag.tasks.drag import DragRequest, DragResult, Point, latent_mask, targets_outside_mask, validate_points
 
 @dataclass
 class DragDiffusionResult(DragResult):
@@ -192,7 +146,7 @@ def optimize_latent(
             reference = resize_features(captured.pop(), feature_hw)
             kept, _ = eta_step(latent, eps, a_t, a_s, 0.0)
         latent = latent.detach().clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([latent], lr=params.learning_rate)
+        optimizer = torch.optim.Adam([latent], lr=params.latent_lr)
         initial, taken = handles.copy(), 0
         for step in range(params.iterations):
             eps = model.predict_eps_with_grad(latent, t, cond)
@@ -212,28 +166,25 @@ def optimize_latent(
     return LatentOptimization(latent.detach(), handles, taken)
 
 
-def dragdiffusion(
-    model: DiffusionModel,
-    image: Image.Image,
-    sources: Sequence[Point],
-    targets: Sequence[Point],
-    mask: np.ndarray | None = None,
-    prompt: str = "",
-    params: DragDiffusionParams = DragDiffusionParams(),
-    progress: bool = False,
-) -> DragDiffusionResult:
-    """Drag ``sources`` to ``targets`` (image pixels, x, y) with DragDiffusion; ``mask`` (True = editable,
-    the input's size) is optional. LoRA, if wanted, is applied around this call."""
+def iter_dragdiffusion(model: DiffusionModel, request: DragRequest, progress: bool = False) -> Iterator[DragResult]:
+    """DragDiffusion on a request whose ``params`` are :class:`DragDiffusionParams`, as :func:`iter_drag` runs
+    SDE-Drag: one update, the complete result (one frame). LoRA, if wanted, is applied around this call."""
+    yield dragdiffusion(model, request, progress)
+
+
+def dragdiffusion(model: DiffusionModel, request: DragRequest, progress: bool = False) -> DragDiffusionResult:
+    """Drag the request's sources to its targets with DragDiffusion (``request.params``: DragDiffusionParams)."""
     start = time.perf_counter()
     require_plain_model(model, "drag")
+    image, mask, params = request.image, request.mask, request.params
+    if not isinstance(params, DragDiffusionParams):
+        raise InputError(f"DragDiffusion needs DragDiffusionParams, got {type(params).__name__}")
     unet = unet_of(model)
     if params.feature_index >= feature_count(unet):
         count = feature_count(unet)
         raise InputError(f"feature index must be below {count} for {model.name!r}, got {params.feature_index}")
-    source_px, target_px = validate_points(sources, targets, image.size)
-    if mask is not None and mask.shape != (image.size[1], image.size[0]):
-        raise InputError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.size[0]}x{image.size[1]}")
-    warnings = targets_outside_mask(targets, mask)
+    source_px, target_px = validate_points(request.sources, request.targets, image.size)
+    warnings = targets_outside_mask(request.targets, mask)
     layers = len(self_attention_layers(unet))
     if params.start_layer >= layers:
         warnings.append(
@@ -243,8 +194,8 @@ def dragdiffusion(
     timings = {}
 
     x0 = image_to_latent(model, image)
-    cond = model.condition(prompt)
-    grid = model.schedule.grid(params.steps, params.inversion_strength)
+    cond = model.condition(request.prompt)
+    grid = model.schedule.grid(params.steps, params.t0)
     trajectory = encode(model, x0, grid, "ode", cond, progress=progress)
     timings["inversion_seconds"] = time.perf_counter() - start
 
@@ -273,4 +224,3 @@ def dragdiffusion(
         iterations=optimized.iterations,
         handles=[(float(x), float(y)) for x, y in tracked],
     )
-
