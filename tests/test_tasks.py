@@ -249,7 +249,7 @@ def test_sde_and_ode_diffedit_share_the_mask_and_differ_as_the_paper_says(monkey
         (lambda m, im, mk: InpaintParams(method="cycle"), "method"),
         (lambda m, im, mk: InpaintParams(feather=-1.0), "feather"),
         (lambda m, im, mk: SDEditParams(t0=0.0), "t0"),
-        (lambda m, im, mk: SDEditParams(order=3), "order"),
+        (lambda m, im, mk: SDEditParams(order=4), "order"),
         (lambda m, im, mk: DiffEditParams(guidance=0.5), "guidance"),
         (lambda m, im, mk: diffedit(m, im, "", "a dog"), "source prompt"),
         (lambda m, im, mk: diffedit(m, im, "a dog", "a dog"), "identical"),

@@ -24,8 +24,16 @@ Process = Literal["sde", "ode", "cycle-sde"]
 PROCESSES: tuple[str, ...] = ("cycle-sde", "sde", "ode")
 Method = Literal["sde", "ode"]
 METHODS: tuple[str, ...] = get_args(Method)
-ORDERS = (1, 2)
-"""Solver order: 1 DDIM / DDPM steps, 2 (SDE-)DPM-Solver++(2M)."""
+ORDERS = (1, 2, 3)
+"""Solver order: 1 DDIM / DDPM steps, 2 and 3 (SDE-)DPM-Solver++(2M) and (3M)."""
+KnownRegion = Literal["path", "fixed-noise"]
+KNOWN_REGIONS: tuple[str, ...] = get_args(KnownRegion)
+"""Inpainting's known region at every step: ``path``, the input's recorded noise-adding path (Eq. 7); ``fixed-noise``,
+the input noised with one noise sample drawn for the whole run (diffusers' StableDiffusionInpaintPipeline with a
+4-channel model, the paper's inpainting experiment)."""
+Spacing = Literal["ddim", "dpm-solver"]
+SPACINGS: tuple[str, ...] = get_args(Spacing)
+"""Timestep grids: DDIMScheduler's, or DPMSolverMultistepScheduler's (the paper's inpainting experiment)."""
 
 
 def check(settings: object, *conditions: tuple[bool, str]) -> None:
@@ -41,7 +49,7 @@ def solver_conditions(method: str, steps: int, t0: float, order: int, guidance: 
         (method in METHODS, f"method must be one of {', '.join(METHODS)}"),
         (steps >= 1, "steps must be at least 1"),
         (0.0 < t0 <= 1.0, "t0 must be in (0, 1]"),
-        (order in ORDERS, "solver order must be 1 or 2"),
+        (order in ORDERS, "solver order must be 1, 2 or 3"),
         (guidance >= 1.0, "guidance must be at least 1"),
     )
 
@@ -78,6 +86,7 @@ class DragParams(SolverParams):
     steps: int = 200
     t0: float = 0.6
     guidance: float = 3.0  # classifier-free guidance at t0, ramping linearly to 1 at t = 0
+    inversion_guidance: float | Literal["ramp"] = 1.0  # ODE-Drag's DDIM inversion CFG, or the decoding's ramp
     step_size: float = 2.0  # latent pixels per move
     radius: int = 5  # latent pixels
     alpha: float = 1.1  # the paper's patch gain: target patch = alpha * source patch
@@ -97,6 +106,9 @@ class DragParams(SolverParams):
             (0.0 <= self.beta <= 1.0, "beta must be in [0, 1]"),
             (0.0 <= self.lora_scale_min <= 1.0, "lora scale minimum must be in [0, 1]"),
             (self.dilate >= 0 and self.feather >= 0, "dilate and feather must be non-negative"),
+            (self.inversion_guidance == "ramp" or (isinstance(self.inversion_guidance, (int, float))
+                                                   and self.inversion_guidance >= 1.0),
+             "inversion guidance must be at least 1 or 'ramp'"),
         )
 
 
@@ -169,7 +181,17 @@ class MaskedEditParams(SolverParams):
 @dataclass(frozen=True)
 class InpaintParams(MaskedEditParams):
     """SDE / ODE inpainting settings (``sde``: the fresh-noise SDE); ``t0`` = 1 starts from pure noise
-    inside the mask."""
+    inside the mask. ``known_region`` and ``spacing``: see :data:`KNOWN_REGIONS` and :data:`SPACINGS`."""
+
+    known_region: KnownRegion = "path"
+    spacing: Spacing = "ddim"
+
+    def conditions(self) -> tuple[tuple[bool, str], ...]:
+        return (
+            *super().conditions(),
+            (self.known_region in KNOWN_REGIONS, f"known region must be one of {', '.join(KNOWN_REGIONS)}"),
+            (self.spacing in SPACINGS, f"spacing must be one of {', '.join(SPACINGS)}"),
+        )
 
 
 @dataclass(frozen=True)
@@ -200,10 +222,11 @@ class MaskParams:
 
 @dataclass(frozen=True)
 class DiffEditParams(MaskedEditParams):
-    """DiffEdit settings (``sde``: Cycle-SDE with the noise recorded under the source prompt); ``t0`` is
-    DiffEdit's encoding ratio (diffusers' default 0.8)."""
+    """DiffEdit settings (``sde``: Cycle-SDE with the noise recorded under the source prompt; ``ode``: DDIM
+    inversion under the source prompt, sampling under the target with the source as negative prompt). ``t0``
+    is DiffEdit's encoding ratio; 0.7 is the paper's (ML-GSAI/SDE-Drag diffedit.py; diffusers' default is 0.8)."""
 
-    t0: float = 0.8
+    t0: float = 0.7
     mask: MaskParams = field(default_factory=MaskParams)
     sde_process: ClassVar[Process] = "cycle-sde"
 

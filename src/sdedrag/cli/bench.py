@@ -2,7 +2,8 @@
 
 ``bench run`` writes OUT/<case id>/{result.png, input.png, mask.png, run.json} and OUT/summary.json; it
 resumes where a killed run stopped and splits the cases between processes under ``torchrun`` or
-``accelerate launch``. ``bench eval`` writes OUT/metrics.csv (one row per case) and OUT/summary.json.
+``accelerate launch``. Its SDE-Drag and ODE-Drag defaults are ``sdedrag drag``'s but for the paper's
+DragBench evaluation's LoRA rank 4 and no pixel paste-back (``--paste-back`` turns it on). ``bench eval`` writes OUT/metrics.csv (one row per case) and OUT/summary.json.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from sdedrag.bench.settings import DAI_GAMMAS, DEFAULT_DIFT_MODEL, DIFT_ENSEMBLE, FORMATS
 from sdedrag.cli.common import Parser, add_model_options, load_model_arg, positive_int, recorded_args, require
 from sdedrag.cli.drag import add_drag_options
-from sdedrag.settings import DTYPE_NAMES
+from sdedrag.settings import DRAGBENCH_LORA_RANK, DRAGBENCH_PASTE_BACK, DTYPE_NAMES, METHODS
 
 PATH_ARGS = ("dataset", "results", "out", "lora_cache")
 # Generous: processes wait for each other at the end of a run, which can take hours on uneven shares.
@@ -29,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_parser.add_argument("--limit", type=positive_int, help="only the first N cases (in sorted id order)")
     run_parser.add_argument("--max-size", type=positive_int, help="downscale images whose longer side exceeds N pixels")
     add_drag_options(run_parser)
+    run_parser.add_argument("--paste-back", dest="paste_back", action="store_true",
+                            help="keep the input's pixels exactly outside the mask (default: off)")
+    run_parser.set_defaults(paste_back=DRAGBENCH_PASTE_BACK, lora_rank=None)
     add_model_options(run_parser)
 
     eval_parser = commands.add_parser("eval", help="score a results folder: metrics.csv and summary.json", description=evaluate_results.__doc__)
@@ -65,6 +69,8 @@ def run_dataset(args: argparse.Namespace) -> int:
     from sdedrag.session import DragSession
 
     require(args, "dataset", "out")
+    if args.lora_rank is None and args.method in METHODS:
+        args.lora_rank = DRAGBENCH_LORA_RANK
     params, lora = settings_from_args(vars(args))
     cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
     state = PartialState(cpu=cpu, timeout=PROCESS_GROUP_TIMEOUT)

@@ -49,7 +49,7 @@ def non_negative(text: str) -> float:
 def add_order_option(parser: argparse.ArgumentParser, default: int) -> None:
     parser.add_argument(
         "--order", type=int, choices=ORDERS, default=default,
-        help="solver order: 1 DDIM / DDPM, 2 DPM-Solver++(2M) / SDE-DPM-Solver++(2M) (default: %(default)s)",
+        help="solver order: 1 DDIM / DDPM, 2 or 3 DPM-Solver++(2M/3M) / SDE-DPM-Solver++(2M/3M) (default: %(default)s)",
     )
 
 

@@ -1,5 +1,6 @@
 """DiffEdit with the SDE (Cycle-SDE, recorded noise under the source prompt) or its ODE baseline (DDIM
-inversion under the source prompt, then sampling under the target prompt), with the same DiffEdit mask.
+inversion under the source prompt, then sampling under the target prompt with the source prompt as negative
+prompt, as diffusers' DiffEdit pipeline), with the same DiffEdit mask.
 
 Writes DIR/result.png (the input's size), DIR/mask.png (white = edited) and DIR/run.json.
 """
@@ -25,7 +26,8 @@ from sdedrag.settings import DiffEditParams, MaskParams
 
 PATH_ARGS = ("image",)
 DEFAULTS = DiffEditParams()
-METHOD_HELP = "sde: Cycle-SDE (the noise recorded under the source prompt), ode: DDIM inversion and DDIM"
+METHOD_HELP = ("sde: Cycle-SDE (the noise recorded under the source prompt), ode: DDIM inversion and DDIM with the "
+               "source prompt as negative prompt")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
         result = diffedit(model, image, args.source_prompt, args.target_prompt, params=params, progress=True)
         result.image.save(folder / "result.png")
         Image.fromarray(result.mask.astype(np.uint8) * 255).save(folder / "mask.png")
-        return {"process": params.process, "seconds": result.seconds, "mask_fraction": float(result.mask.mean()),
-                "size": list(image.size)}
+        return {"process": params.process, "negative_prompt": args.source_prompt if params.method == "ode" else "",
+                "seconds": result.seconds, "mask_fraction": float(result.mask.mean()), "size": list(image.size)}
 
     results = run_task(args, task)
     print(f"DiffEdit ({params.process}, order {params.order}, mask {100 * results['mask_fraction']:.1f}% of the "

@@ -1,9 +1,10 @@
-"""Regenerate the masked region of an image with the fresh-noise SDE (DDPM / SDE-DPM-Solver++(2M)) or the ODE
-(DDIM / DPM-Solver++(2M)), everything else equal.
+"""Regenerate the masked region of an image with the fresh-noise SDE (DDPM / SDE-DPM-Solver++(2M/3M)) or the
+ODE (DDIM / DPM-Solver++(2M/3M)), everything else equal.
 
 An SD inpainting checkpoint (9-channel UNet, the default) sees the mask and the masked image; with any other
-model the unmasked latent follows the input's recorded noise-adding path at every step (the paper's mask
-rule). Mask: white / non-zero = regenerate. Writes DIR/result.png (the input's size) and DIR/run.json.
+model the unmasked latent follows a known-region trajectory at every step: the input's recorded noise-adding
+path, or (--known-region fixed-noise) the input noised with one fixed noise sample, diffusers' rule for
+4-channel models. Mask: white / non-zero = regenerate. Writes DIR/result.png (the input's size) and DIR/run.json.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sdedrag.cli.common import (
     run_task,
     settings_from,
 )
-from sdedrag.settings import DEFAULT_INPAINT_MODEL, InpaintParams
+from sdedrag.settings import DEFAULT_INPAINT_MODEL, KNOWN_REGIONS, SPACINGS, InpaintParams
 
 PATH_ARGS = ("image", "mask")
 DEFAULTS = InpaintParams()
@@ -34,6 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", default="", help="text describing the result")
     add_solver_options(parser, DEFAULTS, METHOD_HELP,
                        "start time as a fraction of T; 1 starts from pure noise in the mask")
+    parser.add_argument(
+        "--known-region", choices=KNOWN_REGIONS, default=DEFAULTS.known_region,
+        help="what the latent outside the mask follows with a 4-channel model: the input's recorded noise-adding "
+             "path, or the input noised with one fixed noise sample (diffusers) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--spacing", choices=SPACINGS, default=DEFAULTS.spacing,
+        help="timesteps of DDIMScheduler or of DPMSolverMultistepScheduler (default: %(default)s)",
+    )
     add_paste_back_options(parser, DEFAULTS)
     add_model_options(parser, default_model=DEFAULT_INPAINT_MODEL)
     add_run_options(parser)

@@ -1,16 +1,19 @@
 """DiffEdit (Couairon et al., ICLR 2023) and its SDE counterpart, as in the paper's image-to-image experiments.
 
 Both compute DiffEdit's mask from the difference of noise predictions under the source and target prompts.
-ODE: DDIM inversion under the source prompt to t0 (with the same guidance), then DDIM (or DPM-Solver++(2M))
-sampling under the target prompt inside the mask. SDE: the noise-adding path is recorded and Cycle-SDE
-decodes under the target prompt with the noise of Eq. 8 recovered under the source prompt. Outside the mask
-both follow the recorded path at every step.
+ODE (as diffusers' StableDiffusionDiffEditPipeline and the paper's script run it): DDIM inversion under the
+source prompt to t0 (guided against the empty prompt), then DDIM (or DPM-Solver++(2M/3M)) sampling under the
+target prompt with the source prompt as negative prompt, inside the mask. SDE (the paper's script): the
+noise-adding path is recorded and Cycle-SDE decodes under the target prompt, guided against the empty
+prompt, with the noise of Eq. 8 recovered under the source prompt. Outside the mask both follow the
+recorded path at every step.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,24 @@ from sdedrag.tasks.common import (
     paste_inside,
     require_plain_model,
 )
+
+
+class NegativePrompt:
+    """An EpsModel that guides away from a negative conditioning instead of the empty prompt:
+    eps = eps(negative) + w (eps(cond) - eps(negative)), both in one batched call."""
+
+    def __init__(self, model: DiffusionModel, negative: Any):
+        self.model, self.negative = model, negative
+
+    def predict_eps(self, x: Tensor, t: int, cond: Any = None, guidance: float = 1.0, lora_scale: float = 1.0) -> Tensor:
+        if guidance == 1.0:
+            return self.model.predict_eps(x, t, cond, 1.0, lora_scale)
+        both = self.model.stack_conditions([(cond, x.shape[0]), (self.negative, x.shape[0])])
+        eps, eps_negative = self.model.predict_eps(torch.cat([x, x]), t, both, 1.0, lora_scale).chunk(2)
+        return eps_negative + guidance * (eps - eps_negative)
+
+    def stack_conditions(self, parts: Sequence[tuple[Any, int]]) -> Any:
+        return self.model.stack_conditions(parts)
 
 
 @dataclass
@@ -86,8 +107,8 @@ def diffedit(
 ) -> DiffEditResult:
     """Edit ``image`` from ``source_prompt`` (describing it) to ``target_prompt`` inside DiffEdit's mask.
 
-    ``params.method`` sde (Cycle-SDE) or ode (DDIM inversion + sampling); the mask and everything else are
-    drawn identically from ``params.seed``. With ``params.paste_back`` the input's pixels outside the mask
+    ``params.method`` sde (Cycle-SDE) or ode (DDIM inversion + sampling with the source prompt as negative
+    prompt); the mask and everything else are drawn identically from ``params.seed``. With ``params.paste_back`` the input's pixels outside the mask
     are kept exactly.
     """
     start_time = time.perf_counter()
@@ -109,8 +130,8 @@ def diffedit(
     else:
         path = encode(model, x0, grid, "ode", source, guidance=params.guidance, progress=progress)
         latent = decode(
-            model, path.x_t0, path, "ode", target, order=params.order, mask=region, guidance=params.guidance,
-            progress=progress,
+            NegativePrompt(model, source), path.x_t0, path, "ode", target, order=params.order, mask=region,
+            guidance=params.guidance, progress=progress,
         )
     mask = F.interpolate(region, size=(image.size[1], image.size[0]), mode="nearest")[0, 0].cpu().numpy() > 0
     result = latent_to_image(model, latent, image.size)

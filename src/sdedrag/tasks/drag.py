@@ -3,7 +3,8 @@
 A drag is split into m moves along each source -> target segment. Each move encodes the current latent
 to t0, copies every source patch to its current target (scaled by alpha), refreshes the source patch
 with noise (beta), and decodes: SDE-Drag with Cycle-SDE (eta = 1, recorded noise) under the paper's
-guidance and LoRA-scale ramps, ODE-Drag with DDIM inversion and eta = 0, everything else equal.
+guidance and LoRA-scale ramps, ODE-Drag with DDIM inversion (under ``inversion_guidance``, or the decoding's
+guidance ramp) and eta = 0, everything else equal.
 Outside the editable mask the latent follows the recorded path at every step.
 """
 
@@ -166,6 +167,7 @@ def iter_drag(model: DiffusionModel, request: DragRequest, progress: bool = Fals
     cond = model.condition(request.prompt)
     grid = model.schedule.grid(params.steps, params.t0)
     guidance = linear_ramp(grid, 1.0, params.guidance)
+    inversion_guidance = guidance if params.inversion_guidance == "ramp" else params.inversion_guidance
     lora_scale = cosine_ramp(grid, 1.0, params.lora_scale_min)
     moves = move_count(source_lat, target_lat, params.step_size)
     displacement = (target_lat - source_lat).astype(np.float64)
@@ -174,7 +176,7 @@ def iter_drag(model: DiffusionModel, request: DragRequest, progress: bool = Fals
     for move in range(moves):
         move_sources = np.round(source_lat + move / moves * displacement).astype(np.int64)
         move_targets = np.round(source_lat + (move + 1) / moves * displacement).astype(np.int64)
-        path = encode(model, x, grid, params.process, cond, guidance, lora_scale, generator, progress)
+        path = encode(model, x, grid, params.process, cond, inversion_guidance, lora_scale, generator, progress)
         edited = copy_and_paste(
             path.x_t0, move_sources, move_targets, params.radius, params.alpha, params.beta, generator
         )

@@ -1,10 +1,11 @@
 """Inpainting and its SDE counterpart (the paper's inpainting experiment): regenerate the masked region with
-DDIM (ODE) or DDPM (the fresh-noise SDE) steps, or DPM-Solver++(2M) vs SDE-DPM-Solver++(2M), from one start.
+DDIM (ODE) or DDPM (the fresh-noise SDE) steps, or (SDE-)DPM-Solver++(2M/3M), from one start.
 
-The input's noise-adding path (paper Eq. 7) is recorded to t0. A 9-channel SD inpainting UNet sees the mask
-and the masked-image latent as extra input channels, as in diffusers' StableDiffusionInpaintPipeline; any
-other model inpaints by the paper's mask rule: outside the mask the latent follows the recorded path at
-every step, so every model can inpaint.
+A 9-channel SD inpainting UNet sees the mask and the masked-image latent as extra input channels, as in
+diffusers' StableDiffusionInpaintPipeline; any other model inpaints by a mask rule: outside the mask the
+latent follows a known-region trajectory at every step. ``path`` records the input's noise-adding path
+(paper Eq. 7) to t0; ``fixed-noise`` noises the input to every step with one noise sample drawn for the
+run, as diffusers' pipeline does for a 4-channel model (the paper's Table 2 used that pipeline).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import Tensor
 
-from sdedrag.engine import decode, encode
+from sdedrag.engine import decode, encode, noised_trajectory
 from sdedrag.errors import InputError
 from sdedrag.io import image_to_tensor
 from sdedrag.models.base import DiffusionModel
@@ -61,17 +62,23 @@ def inpaint_latent(
 ) -> Tensor:
     """Regenerate the ``mask`` part (1 = editable, broadcast against x0) of latent x0.
 
-    The start x_t0 is the recorded noisy input, with fresh Gaussian noise inside the mask when t0 = 1 (a
-    start from pure noise, as in diffusers). ``mask_rule`` keeps the rest on the recorded path at every
-    step. The ODE and SDE versions draw the same path and start from ``generator``: only the solver differs.
+    ``mask_rule`` keeps the rest on the ``params.known_region`` trajectory at every step. With ``path`` the
+    start x_t0 is the recorded noisy input, with fresh noise inside the mask when t0 = 1; with ``fixed-noise``
+    it is the input noised to t0 with the run's noise (that noise itself when t0 = 1), as in diffusers. The
+    ODE and SDE versions draw the same trajectory and start from ``generator``: only the solver differs.
     """
-    grid = model.schedule.grid(params.steps, params.t0)
-    path = encode(model, x0, grid, "sde", generator=generator, progress=progress)
+    grid = model.schedule.grid(params.steps, params.t0, params.spacing)
     mask = mask.to(device=x0.device, dtype=x0.dtype)
-    start = path.x_t0
-    if params.t0 == 1.0:
-        noise = randn_tensor(start.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        start = torch.lerp(start, noise, mask)
+    if params.known_region == "fixed-noise":
+        noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        path = noised_trajectory(x0, grid, noise)
+        start = noise if params.t0 == 1.0 else path.x_t0
+    else:
+        path = encode(model, x0, grid, "sde", generator=generator, progress=progress)
+        start = path.x_t0
+        if params.t0 == 1.0:
+            noise = randn_tensor(start.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            start = torch.lerp(start, noise, mask)
     return decode(
         model, start, path, params.process, cond, order=params.order, mask=mask if mask_rule else None,
         guidance=params.guidance, generator=generator, progress=progress,

@@ -1,5 +1,6 @@
 """SDEdit and its ODE baseline: noise the input to t0 (paper Eq. 7) and solve back under a target prompt with
-the fresh-noise SDE (DDPM / SDE-DPM-Solver++(2M)) or the ODE (DDIM / DPM-Solver++(2M)), from the same start."""
+the fresh-noise SDE (DDPM / SDE-DPM-Solver++(2M/3M)) or the ODE (DDIM / DPM-Solver++(2M/3M)), from the same
+start."""
 
 from __future__ import annotations
 
