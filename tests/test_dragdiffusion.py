@@ -37,7 +37,7 @@ from sdedrag.tasks.dragdiffusion import (
     track_points,
 )
 from tests.conftest import smooth_image
-from tests.helpers import leftovers, run_cli
+from tests.helpers import leftovers, run_cli, write_dataset
 
 DEFAULTS = DragDiffusionParams()
 
@@ -386,3 +386,15 @@ def test_bad_dragdiffusion_options_are_one_line_errors(tmp_path, capsys, extra, 
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
     assert leftovers(out) == []
+
+
+def test_bench_run_with_dragdiffusion(tmp_path):
+    dataset = write_dataset(tmp_path / "dataset", "dragbench-d", count=1)
+    out = tmp_path / "results"
+    argv = ["bench", "run", "--dataset", str(dataset), "--format", "dragbench-d", "--model", "tiny", "--device", "cpu",
+            "--method", "dragdiffusion", "--iterations", "2", "--no-lora", "--out", str(out)]
+    assert run_cli(argv) == 0
+    record = json.loads((out / "cat0" / "case0" / "run.json").read_text())
+    assert (record["args"]["method"], record["args"]["steps"], record["args"]["t0"]) == ("dragdiffusion", 50, 0.7)
+    assert record["results"]["process"] == "ode" and record["results"]["iterations"] <= 2
+    assert Image.open(out / "cat0" / "case0" / "result.png").size == (80, 64)
