@@ -1,4 +1,4 @@
-"""Drag points of an image with SDE-Drag (or its ODE-Drag baseline).
+"""Drag points of an image with SDE-Drag, its ODE-Drag baseline, or DragDiffusion.
 
 Writes DIR/result.png (the input's size), DIR/trajectory.gif and its frames, DIR/frames/000_input.png
 (the input) and DIR/frames/NNN.png (the result after move NNN), DIR/input_with_points.png (arrows over the input, mask shaded) and DIR/run.json.
@@ -172,5 +172,6 @@ def run(args: argparse.Namespace) -> int:
     for warning in results["warnings"]:
         print(f"warning: {warning}")
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in results["timings"].items())
-    print(f"{results['moves']} moves ({timings}); wrote {args.out}/result.png, trajectory.gif, frames/, run.json")
+    done = f"{results['iterations']} Adam steps" if "iterations" in results else f"{results['moves']} moves"
+    print(f"{done} ({timings}); wrote {args.out}/result.png, trajectory.gif, frames/, run.json")
     return 0
