@@ -68,8 +68,7 @@ def test_a_perfect_drag_succeeds_and_doing_nothing_fails():
     good, bad = drag_record(case, "sde", perfect), drag_record(case, "ode", still)
     assert good["success"] and good["distance"] < 0.5 and good["outside_max_diff"] == 0 and good["truth_ssim"] == 1.0
     assert not bad["success"] and bad["distance"] == pytest.approx(math.dist(case.source, case.target), abs=0.5)
-    rows = [{**row, "group": "drag", "label": row["method"]} for row in (good, bad)]
-    summary = summarize(rows)
+    summary = summarize([good, bad])
     assert summary["measures"]["drag/sde"]["success"]["mean"] == 1.0
     assert summary["measures"]["drag/ode"]["success"]["mean"] == 0.0
     assert summary["sde_minus_ode"]["drag/sde-vs-ode"]["success"]["mean"] == 1.0

@@ -23,13 +23,14 @@ from sdedrag.cli.common import (
     require,
     unit_fraction,
 )
+from sdedrag.settings import DRAG_METHODS, KNOWN_REGIONS
 from sdedrag.shapes.settings import SHAPES_DRAG
 
 PATH_ARGS = ("score",)
 TRACKS = ("drag", "inpaint", "sdedit")
 REGIONS = ("shape", "box")
 CORRUPTIONS = ("strokes", "jitter", "noise")
-NAMES = {"sde": "SDE-Drag", "ode": "ODE-Drag"}
+NAMES = {"sde": "SDE-Drag", "ode": "ODE-Drag", "dragdiffusion": "DragDiffusion"}
 SHOWN = {"drag": ("success", "reached", "distance", "vacated_clean_fraction", "stray_fraction", "truth_psnr"),
          "inpaint": ("success", "stray_fraction", "completed", "truth_psnr"),
          "sdedit": ("success", "recovered", "extra_shapes", "stray_fraction", "truth_psnr")}
@@ -46,10 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     drag.add_argument("--steps", type=positive_int, default=SHAPES_DRAG.steps, help="solver steps (default: %(default)s)")
     drag.add_argument("--t0", type=unit_fraction, default=SHAPES_DRAG.t0, help="default: %(default)s")
     drag.add_argument("--order", type=int, choices=(1, 2), default=SHAPES_DRAG.order, help="solver order (default: %(default)s)")
+    drag.add_argument("--drag-methods", nargs="+", choices=DRAG_METHODS, default=["sde", "ode"],
+                      help="drag methods; dragdiffusion runs at the authors' settings (default: sde ode)")
     inpaint = parser.add_argument_group("inpainting track")
     inpaint.add_argument("--inpaint-regions", nargs="+", choices=REGIONS, default=list(REGIONS), help="default: both")
     inpaint.add_argument("--inpaint-steps", type=positive_int, nargs="+", default=[5, 10, 25, 50],
                          help="step counts (default: 5 10 25 50)")
+    inpaint.add_argument("--known-regions", nargs="+", choices=KNOWN_REGIONS,
+                         help="known-region rules, each named in the result labels (default: the inpaint task's, unnamed)")
     sdedit = parser.add_argument_group("SDEdit track")
     sdedit.add_argument("--corruptions", nargs="+", choices=CORRUPTIONS, default=list(CORRUPTIONS), help="default: all")
     sdedit.add_argument("--sdedit-t0", type=unit_fraction, nargs="+", default=[0.2, 0.3, 0.4, 0.5],
@@ -136,8 +141,10 @@ def run(args: argparse.Namespace) -> int:
     settings = BenchSettings(
         tracks=tuple(args.tracks),
         drag=replace(SHAPES_DRAG, steps=args.steps, t0=args.t0, order=args.order),
+        drag_methods=tuple(args.drag_methods),
         inpaint_regions=tuple(args.inpaint_regions),
         inpaint_steps=tuple(args.inpaint_steps),
+        known_regions=tuple(args.known_regions) if args.known_regions else (None,),
         corruptions=tuple(args.corruptions),
         sdedit_t0=tuple(args.sdedit_t0),
         sdedit_steps=args.sdedit_steps,

@@ -41,7 +41,7 @@ from sdedrag.errors import InputError
 from sdedrag.models import load_model
 from sdedrag.models.base import DiffusionModel
 from sdedrag.models.pixel import PixelUNet
-from sdedrag.settings import DragParams, InpaintParams, SDEditParams
+from sdedrag.settings import DRAG_METHODS, DragDiffusionParams, DragParams, InpaintParams, SDEditParams
 from sdedrag.shapes.data import Scene, fits, sample_scene
 from sdedrag.shapes.metrics import (
     SOLIDITY_LIMIT,
@@ -60,8 +60,9 @@ from sdedrag.shapes.metrics import (
     scene_metrics,
     truth_metrics,
 )
-from sdedrag.shapes.settings import SHAPES_DRAG
+from sdedrag.shapes.settings import SHAPES_DRAG, SHAPES_DRAGDIFFUSION
 from sdedrag.tasks.drag import DragRequest, DragResult, iter_drag
+from sdedrag.tasks.dragdiffusion import dragdiffusion
 from sdedrag.tasks.inpaint import inpaint
 from sdedrag.tasks.sdedit import sdedit
 
@@ -121,6 +122,9 @@ class BenchSettings:
 
     tracks: tuple[str, ...] = TRACKS
     drag: DragParams = SHAPES_DRAG
+    dragdiffusion: DragDiffusionParams = SHAPES_DRAGDIFFUSION
+    drag_methods: tuple[str, ...] = METHODS
+    """The drag track's methods (of DRAG_METHODS); the other tracks compare ``methods``."""
     inpaint_regions: tuple[str, ...] = INPAINT_REGIONS
     inpaint_steps: tuple[int, ...] = (5, 10, 25, 50)
     known_regions: tuple[str | None, ...] = (None,)
@@ -133,7 +137,7 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         unknown = (set(self.tracks) - set(TRACKS)) | (set(self.inpaint_regions) - set(INPAINT_REGIONS)) | (
-            set(self.corruptions) - set(CORRUPTIONS))
+            set(self.corruptions) - set(CORRUPTIONS)) | (set(self.drag_methods) - set(DRAG_METHODS))
         if unknown:
             raise InputError(f"unknown ShapesBench track, region or corruption: {', '.join(sorted(unknown))}")
 
@@ -166,10 +170,13 @@ def make_drag_case(seed: int, index: int, resolution: int = 32, tries: int = 200
     raise RuntimeError(f"no drag case found for seed {seed}, index {index} in {tries} tries")
 
 
-def run_drag(model: DiffusionModel, case: DragCase, method: str, params: DragParams = SHAPES_DRAG,
-             progress: str | None = None) -> DragResult:
-    """Drag the case's shape with SDE-Drag or ODE-Drag (the patch radius fitted to the shape); ``progress``
-    names a per-move progress bar on stderr."""
+def run_drag(model: DiffusionModel, case: DragCase, method: str,
+             params: DragParams | DragDiffusionParams = SHAPES_DRAG, progress: str | None = None) -> DragResult:
+    """Drag the case's shape with SDE-Drag or ODE-Drag (the patch radius fitted to the shape), or with
+    DragDiffusion when ``params`` are DragDiffusionParams; ``progress`` names a per-move progress bar on stderr."""
+    if isinstance(params, DragDiffusionParams):
+        request = DragRequest(case.scene.pil(), [case.source], [case.target], case.editable, "", params)
+        return dragdiffusion(model, request)
     params = replace(params, method=method, radius=case.radius())
     request = DragRequest(case.scene.pil(), [case.source], [case.target], case.editable, "", params)
     with tqdm(desc=progress, unit="move", disable=progress is None, file=sys.stderr) as bar:
@@ -190,7 +197,8 @@ def score_drag(case: DragCase, result: np.ndarray) -> dict:
 
 def drag_record(case: DragCase, method: str, result: DragResult) -> dict:
     """One row of the drag track: the case, the method, every drag measure and the drag's seconds."""
-    row = {"case": case.case_id, "track": "drag", "method": method, **score_drag(case, np.asarray(result.image))}
+    row = {"case": case.case_id, "track": "drag", "group": "drag", "label": method, "method": method,
+           **score_drag(case, np.asarray(result.image))}
     row["seconds"] = result.timings["drag_seconds"]
     return row
 
@@ -298,8 +306,9 @@ def run_case(model: DiffusionModel, case: DragCase, settings: BenchSettings, fol
     if "drag" in settings.tracks:
         (folder / "drag").mkdir(exist_ok=True)
         params = replace(settings.drag, seed=settings.seed)
-        for method in settings.methods:
-            run_drag(model, case, method, params).image.save(folder / "drag" / f"{method}.png")
+        for method in settings.drag_methods:
+            chosen = settings.dragdiffusion if method == "dragdiffusion" else params
+            run_drag(model, case, method, chosen).image.save(folder / "drag" / f"{method}.png")
     if "inpaint" in settings.tracks:
         for kind in settings.inpaint_regions:
             region = inpaint_region(case, kind)
