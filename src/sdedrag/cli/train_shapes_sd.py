@@ -15,8 +15,6 @@ from sdedrag.cli.common import positive_int, recorded_args, require
 from sdedrag.errors import InputError
 from sdedrag.shapes.sd_settings import SDTrainConfig
 
-NAME = "train-shapes-sd"
-HELP = "train the small Stable Diffusion of shapes scenes (the built-in --model shapes-sd) on CPU"
 DEFAULTS = SDTrainConfig()
 
 
@@ -41,6 +39,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="captions sampled for the adherence check (default: %(default)s)")
 
 
+def check_out(args: argparse.Namespace) -> None:
+    """Training resumes into --out, so it may hold files; it must be a writable folder (or creatable)."""
+    from sdedrag.io import check_output_dir
+
+    check_output_dir(args.out, resume=True)
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """Training resumes into --out, so it may hold files; it must be a writable folder (or creatable)."""
+    from sdedrag.io import check_output_dir
+
+    check_output_dir(args.out, resume=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from sdedrag.io import run_record, write_json
     from sdedrag.shapes.sd_checks import write_model_card
@@ -57,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise InputError(str(err)) from err
     checks = write_model_card(args.out, config, results, samples=args.check_samples)
-    write_json(f"{args.out}/run.json", run_record(NAME, recorded_args(args), {**results, **checks}))
+    write_json(f"{args.out}/run.json", run_record(args.command, recorded_args(args), {**results, **checks}))
     print(f"VAE {results['vae_minutes']:.0f} min, UNet {results['unet_minutes']:.0f} min, final loss "
           f"{results['unet_final_loss']:.4f}; VAE PSNR {checks['vae_psnr']:.1f} dB, caption adherence "
           f"{checks['adherence']:.0%}; wrote {args.out}")

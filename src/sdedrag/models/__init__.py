@@ -34,6 +34,9 @@ TINY_PIPELINES = {
 }
 SHAPES_MODEL_DIR = Path(__file__).resolve().parents[1] / "shapes" / "weights"
 """The shipped ``shapes`` model (a pixel-UNet diffusers folder trained by ``sdedrag train-shapes``)."""
+SHAPES_SD_MODEL_DIR = Path(__file__).resolve().parents[1] / "shapes" / "weights_sd"
+"""The shipped ``shapes-sd`` model (a Stable Diffusion folder trained by ``sdedrag train-shapes-sd``)."""
+SHIPPED_MODELS = {"shapes": SHAPES_MODEL_DIR, "shapes-sd": SHAPES_SD_MODEL_DIR}
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 __all__ = [
@@ -113,8 +116,8 @@ def load_model(
     if model_id in TINY_PIPELINES:
         return latent_model(TINY_PIPELINES[model_id](dtype=dtype), model_id, device, dtype, vae)
     name = model_id
-    if model_id == "shapes":
-        model_id = str(SHAPES_MODEL_DIR)
+    if model_id in SHIPPED_MODELS:
+        model_id = str(SHIPPED_MODELS[model_id])
     try:
         with warnings.catch_warnings():  # diffusers passes a deprecated hf_hub_download argument
             warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
