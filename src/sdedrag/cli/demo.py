@@ -13,6 +13,7 @@ import argparse
 import sys
 from typing import Any
 
+from sdedrag.cli import common
 from sdedrag.cli.common import add_model_options, add_run_options, load_model_arg, positive_int, recorded_args, require
 from sdedrag.shapes.settings import SHAPES_DRAG
 
@@ -62,10 +63,15 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    require(args, "out")
+def check_out(args: argparse.Namespace) -> None:
+    """Say what the demo will do before anything slow happens (checking --out loads torch), then check --out."""
     say(f"demo: SDE-Drag and ODE-Drag on ShapesBench cases {' '.join(map(str, args.cases))} (seed {args.seed}), "
         f"{args.steps} steps at t0 = {SHAPES_DRAG.t0}, model {args.model}; writing {args.out}")
+    common.check_out(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    require(args, "out")
     say("loading the model ...")
     from dataclasses import replace
 
