@@ -24,8 +24,9 @@ from sdedrag.models.attention_control import mutual_self_attention, self_attenti
 from sdedrag.models.features import captured_features, feature_block, resize_features
 from sdedrag.runs import settings_args, settings_from_args
 from sdedrag.settings import DRAGDIFFUSION_LORA, DragDiffusionParams, DragParams
-from sdedrag.shapes.bench import make_drag_case
+from sdedrag.shapes.bench import BenchSettings, make_drag_case, run_case, score_folder
 from sdedrag.shapes.metrics import drag_metrics
+from sdedrag.shapes.settings import SHAPES_DRAG, SHAPES_DRAGDIFFUSION
 from sdedrag.tasks.common import image_to_latent, paste_weights
 from sdedrag.tasks.drag import DragRequest
 from sdedrag.tasks.dragdiffusion import (
@@ -398,3 +399,16 @@ def test_bench_run_with_dragdiffusion(tmp_path):
     assert (record["args"]["method"], record["args"]["steps"], record["args"]["t0"]) == ("dragdiffusion", 50, 0.7)
     assert record["results"]["process"] == "ode" and record["results"]["iterations"] <= 2
     assert Image.open(out / "cat0" / "case0" / "result.png").size == (80, 64)
+
+
+def test_shapes_bench_runs_dragdiffusion_beside_sde_and_ode(shapes, tmp_path):
+    """The drag track with ``drag_methods`` sde, ode and dragdiffusion: every case gets all three results, scored."""
+    settings = BenchSettings(tracks=("drag",), drag=replace(SHAPES_DRAG, steps=10),
+                             dragdiffusion=replace(SHAPES_DRAGDIFFUSION, iterations=3),
+                             drag_methods=("sde", "ode", "dragdiffusion"))
+    run_case(shapes, make_drag_case(0, 3), settings, tmp_path / "cases" / "0-0003")
+    rows = score_folder(tmp_path)
+    assert sorted(row["label"] for row in rows) == ["dragdiffusion", "ode", "sde"]
+    assert SHAPES_DRAGDIFFUSION == replace(DEFAULTS, t0=0.48, paste_back=False)
+    with pytest.raises(InputError):
+        BenchSettings(drag_methods=("gan",))

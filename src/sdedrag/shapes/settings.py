@@ -5,13 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdedrag.settings import DragParams
+from sdedrag.settings import DragDiffusionParams, DragParams
 
 SHAPES_DRAG = DragParams(steps=100, t0=0.3, paste_back=False, guidance=1.0)
 """Drag settings for the pixel-space shapes model: the paper's step size and patch scaling, and t0 = 0.3,
 where this model's linear schedule keeps alpha-bar 0.39 (the paper's t0 = 0.6 is on SD's scaled-linear
 schedule, alpha-bar 0.16; here 0.6 would leave 0.03 and wash the pasted patch out). The mask rule alone
 keeps every pixel outside the mask exact in pixel space, so there is nothing to paste back."""
+
+SHAPES_DRAGDIFFUSION = DragDiffusionParams(t0=0.48, paste_back=False)
+"""DragDiffusion on the shapes model: the authors' DragBench settings but for the inversion strength, 0.48 of 50
+DDIM steps, where this model's linear schedule has alpha-bar 0.096, the level the authors' 0.7 reaches on SD
+(t = 681, alpha-bar 0.095; here 0.7 would leave 0.007), and without paste-back, as SHAPES_DRAG. Its mask term
+holds the latent, not the pixels, so pixels outside the mask may change. The model has 4 self-attention layers,
+so mutual self-attention from the authors' layer 10 is off."""
 
 SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
