@@ -33,14 +33,19 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from sdedrag.shapes.captions import build_tokenizer, caption
 from sdedrag.shapes.data import sample_scene
-from sdedrag.shapes.sd_settings import KL_WEIGHT, SDTrainConfig
+from sdedrag.shapes.sd_settings import KL_WEIGHT, LOGVAR_INIT, SDTrainConfig
 from sdedrag.shapes.train import loss_curve
 
 
 def build_vae(config: SDTrainConfig) -> AutoencoderKL:
-    """SD's AutoencoderKL layout (one block per width, 2^(levels-1) downsampling) without the mid attention."""
+    """SD's AutoencoderKL layout (one block per width, 2^(levels-1) downsampling) without the mid attention.
+
+    Group norms have 4 channels per group at the top level (a group of one channel would normalise away a
+    flat region's colour), and the posterior log-variance starts at LOGVAR_INIT: with SD's tiny KL weight a
+    short run would otherwise spend its steps shrinking unit posterior noise.
+    """
     levels = len(config.vae_channels)
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * levels,
@@ -48,10 +53,13 @@ def build_vae(config: SDTrainConfig) -> AutoencoderKL:
         block_out_channels=tuple(config.vae_channels),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=16,
+        norm_num_groups=config.vae_channels[0] // 4,
         sample_size=config.resolution,
         mid_block_add_attention=False,
     )
+    with torch.no_grad():
+        vae.quant_conv.bias[vae.config.latent_channels :] = LOGVAR_INIT
+    return vae
 
 
 def build_text_encoder(config: SDTrainConfig, tokenizer: CLIPTokenizer) -> CLIPTextModel:
@@ -82,7 +90,7 @@ def build_unet(config: SDTrainConfig, latent_scale: int) -> UNet2DConditionModel
         up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
         cross_attention_dim=config.text_dim,
         attention_head_dim=config.attention_heads,
-        norm_num_groups=16,
+        norm_num_groups=config.unet_channels[0] // 4,
     )
 
 
@@ -166,7 +174,8 @@ def train_vae(config: SDTrainConfig, out: Path, images: torch.Tensor, progress: 
                disable=not progress)
     for step in bar:
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        loss = vae_loss(vae, random_crops(images, config.vae_crop, config.vae_batch, generator), generator)
+        crops = random_crops(images, min(config.vae_crop, config.resolution), config.vae_batch, generator)
+        loss = vae_loss(vae, crops, generator)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config.vae_lr, config.warmup, step, config.vae_steps)
         optimizer.zero_grad(set_to_none=True)
