@@ -87,7 +87,7 @@ def test_bad_points_are_refused(sources, targets, message):
 
 
 def test_bad_parameters_are_refused():
-    for bad in (dict(t0=0.0), dict(beta=1.5), dict(radius=0), dict(method="gan"), dict(guidance=0.5), dict(order=3)):
+    for bad in (dict(t0=0.0), dict(beta=1.5), dict(radius=0), dict(method="gan"), dict(guidance=0.5), dict(order=4)):
         with pytest.raises(InputError):
             DragParams(**bad)
 
