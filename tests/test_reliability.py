@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import pickle
 import select
@@ -33,9 +34,11 @@ from sdedrag.bench.study_server import StudyApp, StudyHandler, make_server
 from sdedrag.cli import main
 from sdedrag.errors import InputError
 from sdedrag.io import atomic_output_dir, check_output_dir, load_image, write_json
+from sdedrag.settings import DragDiffusionParams, DragParams, InpaintParams, LoraSettings, SDEditParams
 from tests.conftest import smooth_image
 from tests.test_bench_formats import write_case, write_dataset
 from tests.test_bench_runner import cli_env
+from tests.test_cli import run_cli
 from tests.test_study import CASES, results_folder
 
 GB = 2**30
@@ -47,6 +50,11 @@ def one_line(message: str) -> str:
     message = message.strip()
     assert message and "\n" not in message and "Traceback" not in message, message
     return message
+
+
+def stderr_lines(stderr: str) -> str:
+    """A CLI subprocess's stderr without transformers' import-time notices."""
+    return "\n".join(line for line in stderr.splitlines() if not line.startswith("[transformers]"))
 
 
 def partials(folder: Path) -> list[Path]:
@@ -355,7 +363,7 @@ def test_sigterm_during_bench_run_leaves_no_partial_case(tmp_path):
         _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
-    assert process.returncode == 130 and one_line(stderr).endswith("interrupted"), stderr
+    assert process.returncode == 130 and one_line(stderr_lines(stderr)) == "sdedrag bench: interrupted", stderr
     assert not partials(out) and not list(out.rglob("run.json"))
 
 
@@ -445,3 +453,143 @@ def test_study_server_accepts_a_burst_of_200_connections(tmp_path):
         if thread.is_alive():
             server.shutdown()
         server.server_close()
+
+
+# Item 5: every float option and every float in a --config is finite and in range; moves are bounded.
+FLOAT_CASES = [
+    (["drag", "--alpha", "inf"], "argument --alpha: must be a number in (0, 10], got inf"),
+    (["drag", "--guidance", "inf"], "argument --guidance: must be a number in [1, 100], got inf"),
+    (["drag", "--beta", "nan"], "argument --beta: must be a number in [0, 1], got nan"),
+    (["drag", "--lora-scale-min", "-0.5"], "argument --lora-scale-min: must be a number in [0, 1], got -0.5"),
+    (["drag", "--lora-lr", "inf"], "argument --lora-lr: must be a number greater than 0, got inf"),
+    (["drag", "--inversion-guidance", "nan"], "argument --inversion-guidance: must be a number in [1, 100] or 'ramp'"),
+    (["drag", "--source", "nan,3"], "argument --source: expected X,Y (two finite numbers), got 'nan,3'"),
+    (["drag", "--method", "dragdiffusion", "--reach", "inf"], "argument --reach: must be a number greater than 0"),
+    (["inpaint", "--guidance", "nan"], "argument --guidance: must be a number in [1, 100], got nan"),
+    (["sdedit", "--guidance", "-5"], "argument --guidance: must be a number in [1, 100], got -5"),
+    (["reconstruct", "--guidance", "-5"], "argument --guidance: must be a number in [1, 100], got -5"),
+    (["diffedit", "--mask-threshold", "inf"], "argument --mask-threshold: must be a number in [0, 1], got inf"),
+    (["theory", "--stds", "1", "-1"], "argument --stds: must be a number greater than 0, got -1"),
+    (["theory", "--means", "0", "inf"], "argument --means: must be a number finite, got inf"),
+    (["train-shapes", "--lr", "nan"], "argument --lr: must be a number greater than 0, got nan"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), FLOAT_CASES, ids=[" ".join(c[0]) for c in FLOAT_CASES])
+def test_non_finite_and_out_of_range_options_are_refused(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    assert run_cli([*argv, "--out", str(out)]) == 2
+    assert message in one_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    (lambda: DragParams(alpha=math.inf), "alpha must be a finite number, not inf"),
+    (lambda: DragParams(guidance=math.inf), "guidance must be a finite number, not inf"),
+    (lambda: InpaintParams(guidance=math.nan), "guidance must be a finite number, not nan"),
+    (lambda: SDEditParams(guidance=-5.0), "guidance must be in [1, 100]"),
+    (lambda: DragParams(alpha=1e300), "alpha must be in (0, 10]"),
+    (lambda: DragParams(paste_back="false"), "paste back must be true or false, not 'false'"),
+    (lambda: DragParams(steps=2.5), "steps must be an integer, not 2.5"),
+    (lambda: DragDiffusionParams(latent_lr=math.inf), "latent lr must be a finite number"),
+    (lambda: LoraSettings(steps=10**6), "LoRA steps must be an integer in [1, 10000]"),
+])
+def test_settings_refuse_wrong_types_and_non_finite_numbers(settings, message):
+    with pytest.raises(InputError) as err:
+        settings()
+    assert message in one_line(str(err.value))
+
+
+def test_a_tiny_step_size_is_refused_with_the_bound_on_moves(tmp_path, image_file):
+    out = tmp_path / "out"
+    argv = ["drag", "--image", str(image_file), "--source", "10,10", "--target", "90,60", "--step-size", "1e-300",
+            "--model", "tiny", "--no-lora", "--steps", "2", "--out", str(out)]
+    finished = subprocess.run([sys.executable, "-m", "sdedrag", *argv], env=cli_env(), capture_output=True, text=True,
+                              timeout=300)  # without the bound: about 1e301 moves
+    assert finished.returncode == 2 and not out.exists()
+    message = one_line(stderr_lines(finished.stderr))
+    assert "takes 1.17e+301 moves, more than the limit of 1000; use a step size of at least 0.0117" in message
+
+
+# Item 6: a --config's values are checked by type as if given as options.
+def drag_record(tmp_path: Path, image_file: Path) -> dict:
+    out = tmp_path / "good"
+    argv = ["drag", "--image", str(image_file), "--source", "10,10", "--target", "20,12", "--model", "tiny",
+            "--no-lora", "--steps", "2", "--out", str(out)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv) == 0
+    return json.loads((out / "run.json").read_text())
+
+
+CONFIG_CASES = [
+    ({"lora": "false"}, 'lora = "false": must be true or false'),
+    ({"paste_back": "false"}, 'paste_back = "false": must be true or false'),
+    ({"source": "20,20"}, 'source = "20,20": must be a list'),
+    ({"source": ["20", "20"]}, "source = [\"20\", \"20\"]: expected X,Y (two numbers), got '20'"),
+    ({"guidance": math.inf}, "guidance = Infinity: must be a number in [1, 100], got inf"),
+    ({"alpha": None}, "alpha = null: may not be null"),
+    ({"steps": 2.5}, "steps = 2.5: invalid positive_int value: 2.5"),
+    ({"method": "sdx"}, 'method = "sdx": must be one of sde, ode, dragdiffusion'),
+    ({"prompt": 5}, "prompt = 5: must be a string"),
+]
+
+
+def test_config_values_are_checked_like_options(tmp_path, capsys, image_file):
+    record = drag_record(tmp_path, image_file)
+    assert record["args"]["lora"] is False and record["args"]["paste_back"] is True
+    for index, (change, message) in enumerate(CONFIG_CASES):
+        config = tmp_path / f"config{index}.json"
+        config.write_text(json.dumps({**record, "args": {**record["args"], **change}}))
+        out = tmp_path / f"out{index}"
+        assert run_cli(["drag", "--config", str(config), "--out", str(out)]) == 2, change
+        assert one_line(capsys.readouterr().err) == f"sdedrag drag: error: config {config}: {message}", change
+        assert not out.exists()
+    replay = tmp_path / "replay"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**record, "args": {**record["args"], "paste_back": False}}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["drag", "--config", str(config), "--out", str(replay)]) == 0
+    assert json.loads((replay / "run.json").read_text())["args"]["paste_back"] is False
+
+
+# Item 3 through the CLI: the output check runs before anything else, even loading the model.
+def test_the_cli_checks_out_before_any_work(tmp_path, capsys, image_file):
+    foreign = tmp_path / "photos"
+    (foreign / "frames").mkdir(parents=True)
+    (foreign / "frames" / "000.png").write_text("mine")
+    cases = {image_file: "exists and is not a folder", foreign: "is not empty and holds no sdedrag results",
+             Path("/proc/self/out"): "cannot write to folder /proc/self"}
+    for out, reason in cases.items():
+        argv = ["reconstruct", "--image", str(image_file), "--model", "nobody/nothing", "--out", str(out)]
+        assert run_cli(argv) == 2
+        message = one_line(capsys.readouterr().err)
+        assert reason in message and "cannot load model" not in message
+    assert (foreign / "frames" / "000.png").read_text() == "mine" and image_file.stat().st_size > 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == [image_file.name, "photos"]
+
+
+# Item 4 through the CLI: --max-pixels, and per case in bench run.
+def test_max_pixels_option(tmp_path, capsys, image_file):
+    argv = ["drag", "--image", str(image_file), "--source", "10,10", "--target", "20,12", "--model", "tiny",
+            "--no-lora", "--steps", "2", "--max-pixels", "1000", "--out", str(tmp_path / "out")]
+    assert run_cli(argv) == 2
+    assert "is 96x72 (6,912 pixels), over the limit of 1,000 pixels" in one_line(capsys.readouterr().err)
+    dataset = write_dataset(tmp_path / "data", "drag100", count=2, size=(80, 64))
+    out = tmp_path / "bench"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as stderr:
+        assert main(["bench", "run", *BENCH, "--dataset", str(dataset), "--max-pixels", "5000", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases_done"] == 0 and len(summary["failed"]) == 2
+    assert all("over the limit of 5,000 pixels" in one_line(f["error"]) for f in summary["failed"])
+    assert stderr.getvalue().count("skipping case") == 2
+
+
+# Item 9: the UI refuses clicks outside the image and bounds LoRA steps.
+def test_ui_refuses_clicks_outside_the_image_and_bounds_lora_steps():
+    from sdedrag.ui import handlers
+
+    assert handlers.add_point([], (-3, -2), (64, 48)) == [] and handlers.add_point([], (-0.4, 5), (512, 512)) == []
+    scale = handlers.view_scale((64, 48))
+    assert handlers.add_point([], (2 * scale, 3 * scale), (64, 48)) == [[2, 3]]
+    with pytest.raises(InputError, match=r"LoRA steps must be an integer in \[1, 10000\]"):
+        handlers.drag_settings({"lora": True, "lora_steps": 10**6})

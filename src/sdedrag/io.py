@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from sdedrag import settings
 from sdedrag.errors import InputError
 
-# Pixels an input image may have (16.8 MP, about 1 GB of working memory); set it, or pass max_pixels, to
-# read larger images. PIL refuses images over 2 * PIL.Image.MAX_IMAGE_PIXELS (179 MP) on its own.
-MAX_IMAGE_PIXELS = 4096 * 4096
+# Pixels an input image may have; set it, or pass max_pixels, to read larger images. PIL refuses images over
+# 2 * PIL.Image.MAX_IMAGE_PIXELS (179 MP) on its own.
+MAX_IMAGE_PIXELS = settings.MAX_IMAGE_PIXELS
 # Largest run.json or summary.json read to recognise a folder sdedrag wrote.
 MAX_RECORD_BYTES = 16 * 2**20
 VERSIONED_PACKAGES = ("sdedrag", "torch", "diffusers", "transformers", "peft", "accelerate", "numpy")
@@ -123,17 +124,21 @@ def check_writable(folder: Path) -> None:
         raise InputError(f"cannot write to folder {folder}: {err.strerror or err}") from None
 
 
-def _check_output_target(out: Path) -> None:
+def _check_output_target(out: Path, resume: bool = False) -> None:
     """The checks of :func:`check_output_dir` that need no trial write."""
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise InputError(f"output {out} exists and is not a folder")
+        if resume:
+            return
         try:
             foreign = any(out.iterdir()) and not is_sdedrag_output(out)
         except OSError as err:
             raise InputError(f"cannot read output folder {out}: {err.strerror or err}") from None
         if foreign:
-            raise InputError(f"output folder {out} is not empty and holds no sdedrag results; choose a new or empty folder")
+            raise InputError(
+                f"output folder {out} is not empty and holds no sdedrag results; choose a new or empty folder"
+            )
     parent = out.parent
     while not (parent.exists() or parent.is_symlink()):
         parent = parent.parent
@@ -141,12 +146,13 @@ def _check_output_target(out: Path) -> None:
         raise InputError(f"cannot create output folder {out}: {parent} is not a folder")
 
 
-def check_output_dir(out: str | os.PathLike) -> Path:
+def check_output_dir(out: str | os.PathLike, resume: bool = False) -> Path:
     """Raise a one-line InputError unless ``out`` can take sdedrag's results: a new folder under a writable
-    one, an empty folder, or a folder sdedrag wrote before (see :func:`is_sdedrag_output`); call it before
-    any work starts. Returns the absolute path."""
+    one, an empty folder, or a folder sdedrag wrote before (see :func:`is_sdedrag_output`; with ``resume``,
+    any writable folder: commands that resume add files as they go); call it before any work starts.
+    Returns the absolute path."""
     out = Path(out).absolute()
-    _check_output_target(out)
+    _check_output_target(out, resume)
     if out.is_dir():
         check_writable(out)
     parent = out.parent

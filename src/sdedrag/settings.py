@@ -8,9 +8,12 @@ recorded while encoding, Eq. 8), SDEdit and inpainting with the **fresh-noise SD
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import asdict, dataclass, field
-from typing import ClassVar, Literal, get_args
+import numbers
+import types
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 from sdedrag.errors import InputError
 
@@ -36,8 +39,57 @@ SPACINGS: tuple[str, ...] = get_args(Spacing)
 """Timestep grids: DDIMScheduler's, or DPMSolverMultistepScheduler's (the paper's inpainting experiment)."""
 
 
+MAX_IMAGE_PIXELS = 4096 * 4096
+"""The largest input image read by default (16.8 MP, about 1 GB of working memory); see ``sdedrag.io.load_image``."""
+MAX_GUIDANCE = 100.0
+MAX_ALPHA = 10.0
+MAX_LORA_STEPS = 10_000
+"""Upper bounds far beyond any useful setting (the paper: guidance 3, alpha 1.1, 100 LoRA steps) that keep
+a float32 latent finite and a run's length sane."""
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _matches(value: object, hint: Any) -> bool:
+    """Whether ``value`` has type ``hint``: bool, int, a finite float, str, None, a Literal or a union of
+    these (other types are checked by the conditions)."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        return any(value == arg and type(value) is type(arg) for arg in get_args(hint))
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in get_args(hint))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if hint in (str, type(None)):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(arg) for arg in get_args(hint))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in get_args(hint))
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", type(None): "None"}
+    return names.get(hint, str(hint))
+
+
 def check(settings: object, *conditions: tuple[bool, str]) -> None:
-    """Raise a one-line InputError naming the first failed condition and the settings."""
+    """Raise a one-line InputError naming the first field of the wrong type (numbers must be finite, flags
+    true or false) or the first failed condition, and the settings."""
+    for name, hint in _field_types(type(settings)).items():
+        value = getattr(settings, name)
+        if not _matches(value, hint):
+            raise InputError(f"{name.replace('_', ' ')} must be {_describe(hint)}, not {value!r} (got {settings})")
     for ok, message in conditions:
         if not ok:
             raise InputError(f"{message} (got {settings})")
@@ -50,7 +102,7 @@ def solver_conditions(method: str, steps: int, t0: float, order: int, guidance: 
         (steps >= 1, "steps must be at least 1"),
         (0.0 < t0 <= 1.0, "t0 must be in (0, 1]"),
         (order in ORDERS, "solver order must be 1, 2 or 3"),
-        (guidance >= 1.0, "guidance must be at least 1"),
+        (1.0 <= guidance <= MAX_GUIDANCE, f"guidance must be in [1, {MAX_GUIDANCE:g}]"),
     )
 
 
@@ -102,13 +154,12 @@ class DragParams(SolverParams):
             *super().conditions(),
             (self.step_size > 0, "step size must be positive"),
             (self.radius >= 1, "radius must be at least 1 latent pixel"),
-            (self.alpha > 0, "alpha must be positive"),
+            (0 < self.alpha <= MAX_ALPHA, f"alpha must be in (0, {MAX_ALPHA:g}]"),
             (0.0 <= self.beta <= 1.0, "beta must be in [0, 1]"),
             (0.0 <= self.lora_scale_min <= 1.0, "lora scale minimum must be in [0, 1]"),
             (self.dilate >= 0 and self.feather >= 0, "dilate and feather must be non-negative"),
-            (self.inversion_guidance == "ramp" or (isinstance(self.inversion_guidance, (int, float))
-                                                   and self.inversion_guidance >= 1.0),
-             "inversion guidance must be at least 1 or 'ramp'"),
+            (self.inversion_guidance == "ramp" or 1.0 <= self.inversion_guidance <= MAX_GUIDANCE,
+             f"inversion guidance must be in [1, {MAX_GUIDANCE:g}] or 'ramp'"),
         )
 
 
@@ -268,7 +319,8 @@ class LoraSettings:
         check(
             self,
             (_is_int(self.rank) and self.rank >= 1, "LoRA rank must be a positive integer"),
-            (_is_int(self.steps) and self.steps >= 1, "LoRA steps must be a positive integer"),
+            (_is_int(self.steps) and 1 <= self.steps <= MAX_LORA_STEPS,
+             f"LoRA steps must be an integer in [1, {MAX_LORA_STEPS}]"),
             (_is_int(self.batch_size) and self.batch_size >= 1, "LoRA batch size must be a positive integer"),
             (_is_int(self.seed) and 0 <= self.seed < 2**63, "LoRA seed must be an integer in [0, 2^63)"),
             (_positive(self.learning_rate), "LoRA learning rate must be a positive number"),

@@ -72,9 +72,9 @@ def read_record(path: Path) -> dict[str, Any] | None:
         record = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):
         return None
-    if not (isinstance(record, dict) and isinstance(record.get("args"), dict) and isinstance(record.get("results"), dict)):
-        return None
-    return record
+    if isinstance(record, dict) and isinstance(record.get("args"), dict) and isinstance(record.get("results"), dict):
+        return record
+    return None
 
 
 def check_out(out: Path) -> None:

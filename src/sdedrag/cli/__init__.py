@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from sdedrag.cli.common import Parser
+from sdedrag.cli.common import Parser, check_out, config_defaults
 from sdedrag.errors import SdedragError
 
 SUBCOMMANDS = {
@@ -54,7 +54,8 @@ def build_parser(command: str | None = None) -> tuple[Parser, Parser | None]:
         module = command_module(name)
         chosen = commands.add_parser(name, help=help_text, description=module.__doc__)
         module.add_arguments(chosen)
-        chosen.set_defaults(handler=module.run, path_args=getattr(module, "PATH_ARGS", ()))
+        chosen.set_defaults(handler=module.run, path_args=getattr(module, "PATH_ARGS", ()),
+                            out_check=getattr(module, "check_out", check_out))
     return parser, chosen
 
 
@@ -74,14 +75,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sdedrag.io import read_run_config
 
             stored = read_run_config(args.config, args.command)
-            known = {action.dest for action in subparser._actions}
-            subparser.set_defaults(**{k: v for k, v in stored.items() if k in known})
+            subparser.set_defaults(**config_defaults(subparser, stored, args.config))
             args = parser.parse_args(argv)
         for name in args.path_args:
             value = getattr(args, name, None)
             if value is not None:
                 setattr(args, name, [str(Path(v).resolve()) for v in value] if isinstance(value, list)
                         else str(Path(value).resolve()))
+        if getattr(args, "out", None) is not None:  # before any work: a bad --out fails at once
+            args.out_check(args)
         return args.handler(args)
     except SdedragError as err:
         print(f"sdedrag {args.command}: error: {err}", file=sys.stderr)

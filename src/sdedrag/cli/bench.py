@@ -13,7 +13,16 @@ import datetime
 from pathlib import Path
 
 from sdedrag.bench.settings import DAI_GAMMAS, DEFAULT_DIFT_MODEL, DIFT_ENSEMBLE, FORMATS
-from sdedrag.cli.common import Parser, add_model_options, load_model_arg, positive_int, recorded_args, require
+from sdedrag.cli.common import (
+    Parser,
+    add_image_options,
+    add_model_options,
+    load_model_arg,
+    positive_int,
+    recorded_args,
+    require,
+)
+from sdedrag.cli.common import check_out as common_check_out
 from sdedrag.cli.drag import add_drag_options
 from sdedrag.settings import DRAGBENCH_LORA_RANK, DRAGBENCH_PASTE_BACK, DTYPE_NAMES, METHODS
 
@@ -29,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_parser.add_argument("--out", type=Path, help="results folder (required); rerun the same command to resume")
     run_parser.add_argument("--limit", type=positive_int, help="only the first N cases (in sorted id order)")
     run_parser.add_argument("--max-size", type=positive_int, help="downscale images whose longer side exceeds N pixels")
+    add_image_options(run_parser)
     add_drag_options(run_parser)
     run_parser.add_argument("--paste-back", dest="paste_back", action="store_true",
                             help="keep the input's pixels exactly outside the mask (default: off)")
@@ -58,6 +68,16 @@ def run(args: argparse.Namespace) -> int:
     return run_dataset(args) if args.bench_command == "run" else evaluate_results(args)
 
 
+def check_out(args: argparse.Namespace) -> None:
+    """``bench run`` resumes into --out (:func:`sdedrag.bench.runner.check_out`); ``bench eval`` writes a new one."""
+    if args.bench_command == "run":
+        from sdedrag.bench.runner import check_out as check_run_out
+
+        check_run_out(Path(args.out))
+    else:
+        common_check_out(args)
+
+
 def run_dataset(args: argparse.Namespace) -> int:
     """Drag every case of --dataset into --out: one folder per case, a summary with per-case timings."""
     import torch
@@ -76,7 +96,7 @@ def run_dataset(args: argparse.Namespace) -> int:
     state = PartialState(cpu=cpu, timeout=PROCESS_GROUP_TIMEOUT)
     device = str(state.device) if args.device == "auto" and state.device.type == "cuda" else args.device
     cache = LoraCache(Path(args.lora_cache)) if args.lora_cache else None
-    plan = BenchPlan(Path(args.dataset), Path(args.out), args.format, args.limit, args.max_size)
+    plan = BenchPlan(Path(args.dataset), Path(args.out), args.format, args.limit, args.max_size, args.max_pixels)
 
     def make_session() -> DragSession:
         return DragSession(load_model_arg(args, device), lora_cache=cache)

@@ -4,15 +4,18 @@ record DIR/run.json. Importing this (and building any parser) loads no torch: he
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sdedrag.errors import InputError, ModelLoadError
-from sdedrag.settings import DEFAULT_MODEL, DTYPE_NAMES, ORDERS
+from sdedrag.settings import DEFAULT_MODEL, DTYPE_NAMES, MAX_GUIDANCE, MAX_IMAGE_PIXELS, ORDERS
 
-NOT_RECORDED = {"command", "handler", "config", "out", "path_args", "fast"}  # --fast is recorded as what it sets
+# Not stored in run.json: the command's plumbing, the output folder, and --fast (recorded as what it sets).
+NOT_RECORDED = {"command", "handler", "config", "out", "path_args", "out_check", "fast"}
 INPUT_FILES = ("image", "mask")  # hashed into run.json's results
 Settings = TypeVar("Settings")
 
@@ -31,19 +34,32 @@ def positive_int(text: str) -> int:
     return value
 
 
-def unit_fraction(text: str) -> float:
-    """A float in (0, 1], like the paper's t0."""
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
+def number(low: float | None = None, high: float | None = None, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite float in [low, high] (in (low, high] with ``low_open``; None: unbounded)."""
+    if low is None:
+        bounds = f"at most {high:g}" if high is not None else "finite"
+    elif high is None:
+        bounds = f"greater than {low:g}" if low_open else f"at least {low:g}"
+    else:
+        bounds = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+
+    def parse(text: str) -> float:
+        value = float(text)
+        below = low is not None and (value <= low if low_open else value < low)
+        if not math.isfinite(value) or below or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be a number {bounds}, got {text}")
+        return value
+
+    parse.__name__ = "number"  # argparse's "invalid number value: ..." for text that is no number
+    return parse
 
 
-def non_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be non-negative, got {value}")
-    return value
+finite = number()
+unit_fraction = number(0.0, 1.0, low_open=True)  # like the paper's t0
+unit_interval = number(0.0, 1.0)
+non_negative = number(0.0)
+positive = number(0.0, low_open=True)
+guidance_scale = number(1.0, MAX_GUIDANCE)
 
 
 def add_order_option(parser: argparse.ArgumentParser, default: int) -> None:
@@ -61,7 +77,7 @@ def add_solver_options(parser: argparse.ArgumentParser, defaults: Any, method_he
     parser.add_argument("--steps", type=positive_int, default=defaults.steps,
                         help="solver steps over [0, T] (default: %(default)s)")
     parser.add_argument("--t0", type=unit_fraction, default=defaults.t0, help=f"{t0_help} (default: %(default)s)")
-    parser.add_argument("--guidance", type=float, default=defaults.guidance,
+    parser.add_argument("--guidance", type=guidance_scale, default=defaults.guidance,
                         help="classifier-free guidance (default: %(default)s)")
 
 
@@ -85,10 +101,24 @@ def add_model_options(parser: argparse.ArgumentParser, default_model: str = DEFA
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
 
 
+def add_image_options(parser: argparse.ArgumentParser) -> None:
+    """--max-pixels: the largest input image read (sdedrag.io.MAX_IMAGE_PIXELS)."""
+    parser.add_argument("--max-pixels", type=positive_int,
+                        help=f"refuse input images with more pixels than this (default: {MAX_IMAGE_PIXELS:,})")
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """--out and --config: every run writes DIR/run.json, from which --config reruns it."""
     parser.add_argument("--out", type=Path, help="output folder (required)")
     parser.add_argument("--config", type=Path, help="rerun with the arguments stored in a run.json")
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """--out must be new, empty or sdedrag's (:func:`sdedrag.io.check_output_dir`); commands that resume into
+    --out define their own ``check_out``."""
+    from sdedrag.io import check_output_dir
+
+    check_output_dir(args.out)
 
 
 def require(args: argparse.Namespace, *names: str) -> None:
@@ -96,6 +126,60 @@ def require(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         if getattr(args, name, None) in (None, []):
             raise InputError(f"--{name.replace('_', '-')} is required")
+
+
+def config_defaults(parser: argparse.ArgumentParser, stored: Mapping[str, Any], path: Any) -> dict[str, Any]:
+    """The arguments of a run.json that ``parser`` knows, each checked and converted by its option's type
+    and choices as if given on the command line; a wrong one raises a one-line InputError."""
+    actions = {action.dest: action for action in parser._actions}
+    values = {}
+    for key, value in stored.items():
+        if key not in actions or key in NOT_RECORDED:
+            continue
+        try:
+            values[key] = _config_value(actions[key], value)
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as err:
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise InputError(f"config {path}: {key} = {shown}: {err}") from None
+    return values
+
+
+def _config_value(action: argparse.Action, value: Any) -> Any:
+    """A stored value for ``action``: null only where the option's default is, true/false for flags, a list
+    for repeated options, and each item as its type and choices accept it."""
+    if value is None:
+        if action.default is not None:
+            raise ValueError("may not be null")
+        return None
+    if isinstance(action.const, bool) and action.nargs == 0:  # --flag / --no-flag
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+    if action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction):
+        if not isinstance(value, list):
+            raise ValueError("must be a list")
+        return [_config_item(action, item) for item in value]
+    return _config_item(action, value)
+
+
+def _config_item(action: argparse.Action, value: Any) -> Any:
+    if isinstance(value, list) and action.type is not None and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        value = ",".join(map(str, value))  # a point [x, y] as its option reads it, "x,y"
+    if isinstance(value, (bool, list, dict)):
+        raise ValueError(f"must be a {'string' if action.type is None else 'single value'}")
+    if action.type is None:
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+    else:
+        try:
+            value = action.type(str(value))
+        except (ValueError, TypeError):  # as argparse words it
+            raise ValueError(f"invalid {getattr(action.type, '__name__', 'value')} value: {value!r}") from None
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"must be one of {', '.join(map(str, action.choices))}")
+    return value
 
 
 def settings_from(args: argparse.Namespace, cls: Callable[..., Settings], **values: Any) -> Settings:

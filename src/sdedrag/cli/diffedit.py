@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sdedrag.cli.common import (
+    add_image_options,
     add_model_options,
     add_paste_back_options,
     add_run_options,
@@ -21,6 +22,7 @@ from sdedrag.cli.common import (
     run_task,
     settings_from,
     unit_fraction,
+    unit_interval,
 )
 from sdedrag.settings import DiffEditParams, MaskParams
 
@@ -36,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-prompt", help="text describing the result (required)")
     add_solver_options(parser, DEFAULTS, METHOD_HELP, "encoding ratio: how far the input is taken toward T")
     parser.add_argument(
-        "--mask-threshold", type=float, default=DEFAULTS.mask.threshold,
+        "--mask-threshold", type=unit_interval, default=DEFAULTS.mask.threshold,
         help="edit where the normalised noise difference exceeds this (default: %(default)s)",
     )
     parser.add_argument(
@@ -47,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mask-maps", type=positive_int, default=DEFAULTS.mask.maps, help="noise draws averaged (default: %(default)s)"
     )
     add_paste_back_options(parser, DEFAULTS)
+    add_image_options(parser)
     add_model_options(parser)
     add_run_options(parser)
 
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     check_prompts(args.source_prompt, args.target_prompt)
     mask = MaskParams(strength=args.mask_strength, maps=args.mask_maps, threshold=args.mask_threshold)
     params = settings_from(args, DiffEditParams, mask=mask)
-    image = load_image(args.image)
+    image = load_image(args.image, max_pixels=args.max_pixels)
 
     def task(model: Any, folder: Path) -> dict[str, Any]:
         result = diffedit(model, image, args.source_prompt, args.target_prompt, params=params, progress=True)

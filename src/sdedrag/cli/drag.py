@@ -7,19 +7,34 @@ Writes DIR/result.png (the input's size), DIR/trajectory.gif and its frames, DIR
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
 from sdedrag.cli.common import (
+    add_image_options,
     add_model_options,
     add_order_option,
     add_run_options,
+    guidance_scale,
+    non_negative,
+    number,
+    positive,
     positive_int,
     require,
     run_task,
     unit_fraction,
+    unit_interval,
 )
-from sdedrag.settings import DRAG_METHODS, DRAGDIFFUSION_LORA, DragDiffusionParams, DragParams, LoraSettings
+from sdedrag.settings import (
+    DRAG_METHODS,
+    DRAGDIFFUSION_LORA,
+    MAX_ALPHA,
+    MAX_GUIDANCE,
+    DragDiffusionParams,
+    DragParams,
+    LoraSettings,
+)
 
 PATH_ARGS = ("image", "mask", "lora_cache")
 DEFAULTS = DragParams()
@@ -49,6 +64,8 @@ def point(text: str) -> list[float]:
         x, y = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected X,Y (two numbers), got {text!r}") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise argparse.ArgumentTypeError(f"expected X,Y (two finite numbers), got {text!r}")
     return [x, y]
 
 
@@ -59,6 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask", help="editable-area mask image of the input's size (non-zero = editable)")
     parser.add_argument("--prompt", default="", help="text describing the image")
     add_drag_options(parser)
+    add_image_options(parser)
     add_model_options(parser)
     add_run_options(parser)
 
@@ -67,10 +85,10 @@ def guidance_or_ramp(text: str) -> float | str:
     """A guidance scale of at least 1, or 'ramp': the decoding's guidance ramp."""
     if text == "ramp":
         return text
-    value = float(text)
-    if value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be at least 1 or 'ramp', got {value}")
-    return value
+    try:
+        return guidance_scale(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a number in [1, {MAX_GUIDANCE:g}] or 'ramp', got {text}") from None
 
 
 def add_drag_options(parser: argparse.ArgumentParser) -> None:
@@ -84,20 +102,20 @@ def add_drag_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--t0", type=unit_fraction,
                         help=f"edit time as a fraction of T, DragDiffusion's inversion strength "
                              f"(default: {DEFAULTS.t0}; dragdiffusion {DD_DEFAULTS.t0})")
-    parser.add_argument("--step-size", type=float, default=DEFAULTS.step_size,
+    parser.add_argument("--step-size", type=positive, default=DEFAULTS.step_size,
                         help="latent pixels per move (default: %(default)s)")
     parser.add_argument("--radius", type=positive_int, default=DEFAULTS.radius,
                         help="patch radius in latent pixels (default: %(default)s)")
-    parser.add_argument("--alpha", type=float, default=DEFAULTS.alpha,
+    parser.add_argument("--alpha", type=number(0.0, MAX_ALPHA, low_open=True), default=DEFAULTS.alpha,
                         help="the paper's patch gain: target patch = alpha x source patch (default: %(default)s)")
-    parser.add_argument("--beta", type=float, default=DEFAULTS.beta,
+    parser.add_argument("--beta", type=unit_interval, default=DEFAULTS.beta,
                         help="source patch signal kept (default: %(default)s)")
-    parser.add_argument("--guidance", type=float, default=DEFAULTS.guidance,
+    parser.add_argument("--guidance", type=guidance_scale, default=DEFAULTS.guidance,
                         help="CFG scale at t0, 1 at t = 0 (default: %(default)s)")
     parser.add_argument("--inversion-guidance", type=guidance_or_ramp, default=DEFAULTS.inversion_guidance,
                         help="ODE-Drag: CFG scale of the DDIM inversion, or 'ramp' for the decoding's "
                              "(default: %(default)s)")
-    parser.add_argument("--lora-scale-min", type=float, default=DEFAULTS.lora_scale_min,
+    parser.add_argument("--lora-scale-min", type=unit_interval, default=DEFAULTS.lora_scale_min,
                         help="LoRA scale at t0, 1 at t = 0 (default: %(default)s)")
     add_order_option(parser, DEFAULTS.order)
     parser.add_argument(
@@ -112,7 +130,7 @@ def add_drag_options(parser: argparse.ArgumentParser) -> None:
                         help=f"LoRA training steps (default: {defaults.steps}; dragdiffusion {dd_lora.steps})")
     parser.add_argument("--lora-rank", type=positive_int,
                         help=f"LoRA rank (default: {defaults.rank}; dragdiffusion {dd_lora.rank})")
-    parser.add_argument("--lora-lr", type=float,
+    parser.add_argument("--lora-lr", type=positive,
                         help=f"LoRA learning rate (default: {defaults.learning_rate}; "
                              f"dragdiffusion {dd_lora.learning_rate})")
     parser.add_argument("--lora-batch-size", type=positive_int,
@@ -133,13 +151,13 @@ def add_dragdiffusion_options(parser: argparse.ArgumentParser) -> None:
                        help="motion supervision radius r_m, feature pixels (default: %(default)s)")
     group.add_argument("--tracking-radius", type=int, default=DD_DEFAULTS.tracking_radius,
                        help="point tracking radius r_p, feature pixels (default: %(default)s)")
-    group.add_argument("--mask-weight", type=float, default=DD_DEFAULTS.mask_weight,
+    group.add_argument("--mask-weight", type=non_negative, default=DD_DEFAULTS.mask_weight,
                        help="lambda of the term keeping the outside of the mask (default: %(default)s)")
-    group.add_argument("--latent-lr", type=float, default=DD_DEFAULTS.latent_lr,
+    group.add_argument("--latent-lr", type=positive, default=DD_DEFAULTS.latent_lr,
                        help="Adam learning rate on the latent (default: %(default)s)")
     group.add_argument("--iterations", type=int, default=DD_DEFAULTS.iterations,
                        help="at most this many Adam steps (default: %(default)s)")
-    group.add_argument("--reach", type=float, default=DD_DEFAULTS.reach,
+    group.add_argument("--reach", type=positive, default=DD_DEFAULTS.reach,
                        help="stop when every handle is this close to its target, feature pixels (default: %(default)s)")
     group.add_argument("--start-step", type=int, default=DD_DEFAULTS.start_step,
                        help="mutual self-attention from this denoising step on (default: %(default)s)")
@@ -157,8 +175,8 @@ def run(args: argparse.Namespace) -> int:
     require(args, "image", "source", "target", "out")
     params, lora = settings_from_args(vars(args))
     vars(args).update(settings_args(params, lora))  # run.json records the method's resolved settings
-    image = load_image(args.image)
-    mask = load_mask(args.mask, image.size) if args.mask else None
+    image = load_image(args.image, max_pixels=args.max_pixels)
+    mask = load_mask(args.mask, image.size, args.max_pixels) if args.mask else None
     request = DragRequest(image, [tuple(p) for p in args.source], [tuple(p) for p in args.target], mask, args.prompt,
                           params)
     cache = LoraCache(Path(args.lora_cache)) if args.lora_cache else None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sdedrag.cli.common import (
+    add_image_options,
     add_model_options,
     add_paste_back_options,
     add_run_options,
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="timesteps of DDIMScheduler or of DPMSolverMultistepScheduler (default: %(default)s)",
     )
     add_paste_back_options(parser, DEFAULTS)
+    add_image_options(parser)
     add_model_options(parser, default_model=DEFAULT_INPAINT_MODEL)
     add_run_options(parser)
 
@@ -55,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     require(args, "image", "mask", "out")
     params = settings_from(args, InpaintParams)
-    image = load_image(args.image)
-    mask = load_mask(args.mask, image.size)
+    image = load_image(args.image, max_pixels=args.max_pixels)
+    mask = load_mask(args.mask, image.size, args.max_pixels)
     check_mask(mask, image.size)
 
     def task(model: Any, folder: Path) -> dict[str, Any]:

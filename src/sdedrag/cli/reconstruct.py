@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from sdedrag.cli.common import (
+    add_image_options,
     add_model_options,
     add_order_option,
     add_run_options,
+    guidance_scale,
     positive_int,
     require,
     run_task,
@@ -38,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start time as a fraction of T (default: %(default)s)")
     add_order_option(parser, DEFAULTS.order)
     parser.add_argument("--prompt", default="", help="text prompt for conditional models")
-    parser.add_argument("--guidance", type=float, default=DEFAULTS.guidance,
+    parser.add_argument("--guidance", type=guidance_scale, default=DEFAULTS.guidance,
                         help="classifier-free guidance scale (default: %(default)s)")
+    add_image_options(parser)
     add_model_options(parser)
     add_run_options(parser)
 
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     require(args, "image", "out")
     params = settings_from(args, ReconstructParams)
-    image = load_image(args.image)
+    image = load_image(args.image, max_pixels=args.max_pixels)
 
     def task(model: Any, folder: Path) -> dict[str, Any]:
         start = time.perf_counter()

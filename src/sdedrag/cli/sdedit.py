@@ -10,7 +10,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sdedrag.cli.common import add_model_options, add_run_options, add_solver_options, require, run_task, settings_from
+from sdedrag.cli.common import (
+    add_image_options,
+    add_model_options,
+    add_run_options,
+    add_solver_options,
+    require,
+    run_task,
+    settings_from,
+)
 from sdedrag.settings import SDEditParams
 
 PATH_ARGS = ("image",)
@@ -21,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", help="input image (required)")
     parser.add_argument("--prompt", default="", help="target prompt: text describing the result")
     add_solver_options(parser, SDEditParams(), METHOD_HELP, "noise level the input is taken to, as a fraction of T")
+    add_image_options(parser)
     add_model_options(parser)
     add_run_options(parser)
 
@@ -31,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     require(args, "image", "out")
     params = settings_from(args, SDEditParams)
-    image = load_image(args.image)
+    image = load_image(args.image, max_pixels=args.max_pixels)
 
     def task(model: Any, folder: Path) -> dict[str, Any]:
         result = sdedit(model, image, prompt=args.prompt, params=params, progress=True)

@@ -13,23 +13,23 @@ import sys
 import time
 from typing import Any
 
-from sdedrag.cli.common import add_run_options, positive_int, recorded_args, require, unit_fraction
+from sdedrag.cli.common import add_run_options, finite, positive, positive_int, recorded_args, require, unit_fraction
 from sdedrag.theory import TheoryConfig
 
 DEFAULTS = TheoryConfig()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", type=float, nargs="+", default=list(DEFAULTS.weights), metavar="W",
+    parser.add_argument("--weights", type=positive, nargs="+", default=list(DEFAULTS.weights), metavar="W",
                         help="mixture weights, normalized to sum to 1 (default: %(default)s)")
-    parser.add_argument("--means", type=float, nargs="+", default=list(DEFAULTS.means), metavar="MU",
+    parser.add_argument("--means", type=finite, nargs="+", default=list(DEFAULTS.means), metavar="MU",
                         help="mixture means (default: %(default)s)")
-    parser.add_argument("--stds", type=float, nargs="+", default=list(DEFAULTS.stds), metavar="S",
+    parser.add_argument("--stds", type=positive, nargs="+", default=list(DEFAULTS.stds), metavar="S",
                         help="mixture standard deviations (default: %(default)s)")
-    parser.add_argument("--prior-mean", type=float, default=DEFAULTS.prior_mean,
+    parser.add_argument("--prior-mean", type=finite, default=DEFAULTS.prior_mean,
                         help="the example prior's mean, as m + PRIOR_MEAN s for the true marginal p_t0's mean m and "
                              "std s (at t0 = 1, p_T is about N(0, 1)) (default: %(default)s)")
-    parser.add_argument("--prior-std", type=float, default=DEFAULTS.prior_std,
+    parser.add_argument("--prior-std", type=positive, default=DEFAULTS.prior_std,
                         help="the example prior's std, in units of s (default: %(default)s)")
     parser.add_argument("--t0", type=unit_fraction, nargs="+", default=list(DEFAULTS.t0), metavar="T0",
                         help="start times as fractions of T; the first is the example's (figure, mode masses, "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from sdedrag.cli.common import positive_int, recorded_args, require
+from sdedrag.cli.common import positive, positive_int, recorded_args, require
 from sdedrag.errors import InputError
 from sdedrag.shapes.settings import TrainConfig
 
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-steps", type=positive_int, default=DEFAULTS.steps,
                         help="optimizer steps (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, help="default: %(default)s")
-    parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--lr", type=positive, default=DEFAULTS.lr, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--warmup", type=positive_int, default=DEFAULTS.warmup,
                         help="linear learning-rate warmup steps (default: %(default)s)")
     parser.add_argument("--resolution", type=positive_int, default=DEFAULTS.resolution,
@@ -52,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=DEFAULTS.scheduler["prediction_type"], help="network target (default: %(default)s)")
     parser.add_argument("--save-dtype", choices=("float16", "float32"), default=DEFAULTS.save_dtype,
                         help="dtype of the saved weights (default: %(default)s)")
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """Training resumes into --out, so it may hold files; it must be a writable folder (or creatable)."""
+    from sdedrag.io import check_output_dir
+
+    check_output_dir(args.out, resume=True)
 
 
 def run(args: argparse.Namespace) -> int:

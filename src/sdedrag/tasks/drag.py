@@ -35,6 +35,7 @@ from sdedrag.tasks.common import (
 )
 
 Point = tuple[float, float]
+MAX_MOVES = 1000  # each move is a full encode and decode; the paper's drags take tens
 
 
 @dataclass
@@ -101,10 +102,16 @@ def latent_mask(mask: np.ndarray | None, latent_hw: tuple[int, int], model: Diff
 
 
 def move_count(sources: np.ndarray, targets: np.ndarray, step_size: float) -> int:
-    """Number of moves m: the longest drag (latent pixels) over m is as close to ``step_size`` as possible."""
+    """Number of moves m: the longest drag (latent pixels) over m is as close to ``step_size`` as possible;
+    more than :data:`MAX_MOVES` is refused."""
     longest = float(np.linalg.norm(targets - sources, axis=1).max())
     if longest <= step_size:
         return 1
+    if longest / step_size > MAX_MOVES:
+        raise InputError(
+            f"a drag of {longest:g} latent pixels at a step size of {step_size:g} takes {longest / step_size:.3g} "
+            f"moves, more than the limit of {MAX_MOVES}; use a step size of at least {longest / MAX_MOVES:.3g}"
+        )
     m = math.floor(longest / step_size)
     return m + 1 if abs(longest / (m + 1) - step_size) < abs(longest / m - step_size) else m
 

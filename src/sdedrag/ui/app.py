@@ -19,6 +19,7 @@ from PIL import Image
 
 from sdedrag.errors import InputError, SdedragError
 from sdedrag.session import DragSession
+from sdedrag.settings import MAX_LORA_STEPS
 from sdedrag.settings import DragParams, LoraSettings
 from sdedrag.ui import DEFAULT_MAX_PIXELS, handlers
 from sdedrag.ui.handlers import OPTION_TYPES, Points
@@ -156,8 +157,8 @@ def build_app(
                 seed_box = gr.Number(seed, precision=0, label="Seed", elem_id="seed")
         with gr.Accordion("LoRA (fine-tuned once per image, then cached)", open=False), gr.Row():
             lora = gr.Checkbox(True, label="Use LoRA", elem_id="lora")
-            lora_steps = gr.Number(lora_defaults.steps, precision=0, minimum=1, label="Training steps",
-                                   elem_id="lora-steps")
+            lora_steps = gr.Number(lora_defaults.steps, precision=0, minimum=1, maximum=MAX_LORA_STEPS,
+                                   label="Training steps", elem_id="lora-steps")
             lora_rank = gr.Number(lora_defaults.rank, precision=0, minimum=1, label="Rank", elem_id="lora-rank")
             lora_lr = gr.Number(lora_defaults.learning_rate, label="Learning rate", elem_id="lora-lr")
 

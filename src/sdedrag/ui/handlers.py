@@ -5,6 +5,7 @@ Errors are :class:`sdedrag.errors.InputError`; ``app.py`` shows them in the page
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ def add_point(points: Points, index: Sequence[int] | None, size: tuple[int, int]
     if index is None or size is None:
         return list(points)
     scale = view_scale(size)
-    x, y = int(index[0] / scale), int(index[1] / scale)
+    x, y = math.floor(index[0] / scale), math.floor(index[1] / scale)  # int() would round -0.5 up to pixel 0
     if not (0 <= x < size[0] and 0 <= y < size[1]):
         return list(points)
     return [*points, [x, y]]
