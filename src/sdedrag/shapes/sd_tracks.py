@@ -38,13 +38,13 @@ from sdedrag.shapes.metrics import (
     paired_difference,
     unchanged_outside,
 )
-from sdedrag.shapes.sd_checks import min_shape_area
+from sdedrag.shapes.sd_checks import GUIDANCE, min_shape_area
 from sdedrag.tasks.diffedit import diffedit
 from sdedrag.tasks.drag import DragRequest, DragResult
 
 SD_DRAG = DragParams()
 """The paper's DragBench setting (t0 = 0.6, guidance 3 ramped to 1, LoRA scale ramp, paste-back)."""
-SD_DIFFEDIT = DiffEditParams(guidance=5.0)
+SD_DIFFEDIT = DiffEditParams(guidance=GUIDANCE)
 """DiffEdit at its defaults (t0 = 0.8, 50 steps, diffusers' mask), at the guidance shapes-sd samples with."""
 EDIT_MARGIN = 2
 """Pixels around the recoloured shape that count as its edit region when measuring changes outside it."""
