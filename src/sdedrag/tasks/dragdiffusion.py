@@ -1,7 +1,7 @@
 """DragDiffusion (Shi et al., CVPR 2024) on sdedrag's engine: optimise one inverted latent, then decode it.
 
-The image is DDIM-inverted under its prompt (guidance 1) for ``inversion_strength`` of the DDIM steps. The
-latent there is optimised with Adam: motion supervision pulls the UNet decoder features one pixel ahead of
+The image is DDIM-inverted under its prompt (guidance 1) for ``t0`` (the inversion strength) of the DDIM steps.
+The latent there is optimised with Adam: motion supervision pulls the UNet decoder features one pixel ahead of
 each handle towards the features at the handle, a mask term keeps the one-step DDIM prediction outside the
 editable region where it was, and after every step each handle is re-found by nearest-neighbour feature
 search around it. The optimised latent is then decoded by DDIM in one batch with the inverted one, whose
@@ -30,6 +30,7 @@ from sdedrag.models.features import captured_features, feature_count, frozen, re
 from sdedrag.settings import DragDiffusionParams
 from sdedrag.tasks.common import image_to_latent, latent_to_image, paste_back, require_plain_model
 from sdedrag.tasks.drag import DragRequest, DragResult, Point, latent_mask, targets_outside_mask, validate_points
+
 
 @dataclass
 class DragDiffusionResult(DragResult):
