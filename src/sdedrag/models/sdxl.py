@@ -59,7 +59,7 @@ class StableDiffusionXL(StableDiffusion):
         if unet.projection_class_embeddings_input_dim != 6 * unet.addition_time_embed_dim + pooled_dim:
             raise ModelLoadError(f"the UNet of {name!r} does not take SDXL's six time ids (an SDXL refiner?)")
         if pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:
-            pipe.vae.to(torch.float32)
+            torch.nn.Module.to(pipe.vae, torch.float32)  # a plain cast: ModelMixin.to warns about any dtype change
         super().__init__(pipe, name)
         self._time_ids: dict[tuple[int, int], Tensor] = {}
 
