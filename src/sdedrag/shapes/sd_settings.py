@@ -20,6 +20,8 @@ SD 2.x's v-prediction target: after a short CPU run an epsilon model's x0 estima
 by sqrt(alpha-bar_T) = 0.07 and samples saturate."""
 KL_WEIGHT = 1e-6
 """SD's VAE KL weight, relative to a per-pixel reconstruction loss summed over the image."""
+LOGVAR_INIT = -10.0
+"""Initial posterior log-variance of the VAE (std 0.007)."""
 
 
 @dataclass
