@@ -176,3 +176,22 @@ def summarize_edits(rows: Sequence[dict], measures: Sequence[str] = ("success", 
     summary["sde-ode"] = {k: paired_difference([float(r[k]) for r in by_method["sde"]],
                                                [float(r[k]) for r in by_method["ode"]]) for k in measures}
     return summary
+
+
+def evaluate(folder: str | Path, cases: int = 40, seed: int = 0, model: str = "shapes-sd",
+             lora_cache: str | Path | None = None) -> dict:
+    """Both tracks on ``cases`` cases of ``model`` (resumable), scored and summarised into ``folder``/summary.json."""
+    from sdedrag.io import write_json
+    from sdedrag.lora import LoraCache
+    from sdedrag.models import load_model
+    from sdedrag.shapes.bench import score_folder, summarize
+
+    folder = Path(folder)
+    session = DragSession(load_model(model, device="cpu"), lora_cache=LoraCache(lora_cache))
+    resolution = session.model.pipe.unet.config.sample_size * session.model.latent_scale
+    edits = run_diffedit_cases(session.model, range(cases), folder, seed, resolution)
+    run_sd_drag_cases(session, range(cases), folder, seed, resolution)
+    summary = {"model": model, "cases": cases, "seed": seed, "drag": summarize(score_folder(folder)),
+               "diffedit": summarize_edits(edits)}
+    write_json(folder / "summary.json", summary)
+    return summary
