@@ -156,10 +156,11 @@ def model_card(config: SDTrainConfig, results: dict[str, Any], checks: dict[str,
     radii = [side * f for f in SIZE_RANGE]
     lengths = results["lengths"]
     length_note = "" if len(lengths) == 1 else (
-        "\n- The UNet run was resumed with another step count: "
-        + ", then ".join(f"from step {a} a {b}-step run" for a, b in lengths)
+        f"\n- The UNet run was started for {lengths[0][1]} steps and resumed with another length: "
+        + ", then ".join(f"{b} steps from step {a}" for a, b in lengths[1:])
         + " (the learning rate is constant after warmup, so only the length changed).")
-    minutes = {k: f"{results[k + '_minutes']:.0f} min" for k in ("render", "vae", "encode", "unet")}
+    rerun = "".join(f" and rerun with `--unet-steps {b}`" for _, b in lengths[1:])
+    minutes = {k: f"{results[k + '_minutes']:.1f} min" for k in ("render", "vae", "encode", "unet")}
     return f"""# sdedrag `shapes-sd` model
 
 A small text-to-image latent diffusion model with Stable Diffusion 1.x's pipeline classes, trained on this
@@ -215,8 +216,9 @@ radius of 5 latent px would cover a whole shape and its surroundings: ShapesBenc
 - Wall time on {config.threads} CPU thread of a 2-core machine shared with other work (at nice 5): rendering
   {minutes['render']}, VAE {minutes['vae']}, encoding the pool {minutes['encode']}, UNet {minutes['unet']}.
 - Command: `sdedrag train-shapes-sd --out DIR --resolution {side} --pool {config.pool} --vae-steps \
-{config.vae_steps} --unet-steps {results['unet_steps']} --unet-batch {config.unet_batch} --seed {config.seed} \
---threads {config.threads}`. Configuration: `training_config.json`; losses: `vae_loss_log.csv`, `unet_loss_log.csv`.
+{config.vae_steps} --unet-steps {lengths[0][1]} --unet-batch {config.unet_batch} --seed {config.seed} \
+--threads {config.threads}`{rerun}. Configuration: `training_config.json`; losses: `vae_loss_log.csv`,
+  `unet_loss_log.csv`.
 
 ![UNet loss](loss.png)
 """
