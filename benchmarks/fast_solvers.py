@@ -1,8 +1,8 @@
 """Fewer UNet calls: SDE-Drag and ODE-Drag with second-order solvers at fewer steps, against the default.
 
 Settings are ``ORDER:STEPS``; the first is the reference. The default compares the default drag (first order
-at 200 steps, the paper's; 100 on ShapesBench, its own default) with ``--fast``'s (SDE-)DPM-Solver++(2M) at 50
-steps and with first order at 50 steps as the control.
+at 200 steps, the paper's; 100 on ShapesBench, its own default) with the earlier ``--fast``'s
+(SDE-)DPM-Solver++(2M) at 50 steps and with first order at 50 steps as the control.
 
 With a pixel-space shapes model (``--model shapes`` once shipped, or a trained folder) this runs ShapesBench
 (``sdedrag.shapes.bench``: one shape dragged per generated scene, measured against the ground truth) and

@@ -46,12 +46,12 @@ def drag_inputs():
     return image, [(20.0, 30.0)], [(52.0, 30.0)]  # 32 px = 4 latent px: 2 moves at step size 2
 
 
-@pytest.mark.parametrize("method, guidance, batch, per_step", [
-    ("sde", 3.0, 4, 1),  # edited + recorded latent, x conditional + unconditional, in one call
-    ("sde", 1.0, 2, 1),  # no unconditional half without guidance
-    ("ode", 3.0, 2, 2),  # DDIM inversion + decoding, one latent x CFG each
+@pytest.mark.parametrize("method, guidance, batches", [
+    ("sde", 3.0, {4: 1}),  # edited + recorded latent, x conditional + unconditional, in one call
+    ("sde", 1.0, {2: 1}),  # no unconditional half without guidance
+    ("ode", 3.0, {1: 1, 2: 1}),  # DDIM inversion (at inversion guidance 1) + decoding (one latent x CFG)
 ])
-def test_one_batched_unet_call_per_step_and_no_text_encoding(tiny32, method, guidance, batch, per_step):
+def test_one_batched_unet_call_per_step_and_no_text_encoding(tiny32, method, guidance, batches):
     image, sources, targets = drag_inputs()
     params = DragParams(method=method, steps=10, guidance=guidance)
     request = DragRequest(image, sources, targets, prompt=PROMPT, params=params)
@@ -63,7 +63,7 @@ def test_one_batched_unet_call_per_step_and_no_text_encoding(tiny32, method, gui
         unet.handle.remove()
         text.handle.remove()
     steps = tiny32.schedule.grid(10, params.t0).num_steps
-    assert result.moves == 2 and unet.batches == {batch: result.moves * per_step * steps}
+    assert result.moves == 2 and unet.batches == {batch: result.moves * n * steps for batch, n in batches.items()}
     assert text.calls == 0
     assert all(torch.is_tensor(t) and t.device == tiny32.device and t.ndim == 0 for t in unet.timesteps)
     assert all(kwargs.get("cross_attention_kwargs") is None for kwargs in unet.kwargs)
@@ -113,28 +113,32 @@ def test_lora_scale_matches_diffusers_per_call_scaling_across_adapters(tmp_path,
         assert tiny64._lora is None  # no references to removed LoRA layers are kept
 
 
-def test_fast_preset_sets_order_and_steps_unless_given():
+def test_fast_preset_sets_order_steps_and_reuse_unless_given():
     defaults = DragParams()
-    for argv, steps, order in [
-        ([], defaults.steps, defaults.order),
-        (["--fast"], FAST_PRESET["steps"], FAST_PRESET["order"]),
-        (["--fast", "--steps", "30"], 30, 2),
-        (["--steps", "30", "--fast"], 30, 2),
+    for argv, steps, order, reuse in [
+        ([], None, defaults.order, defaults.reuse),  # --steps defaults by method (None until resolved)
+        (["--fast"], FAST_PRESET["steps"], FAST_PRESET["order"], FAST_PRESET["reuse"]),
+        (["--fast", "--steps", "30"], 30, 1, 2),
+        (["--steps", "30", "--order", "2", "--fast"], 30, 2, 2),
+        (["--reuse", "3", "--fast"], 25, 1, 3),
     ]:
         for command in (["drag"], ["bench", "run"]):
             parser, _ = build_parser(command[0])
             args = parser.parse_args([*command, *argv])
-            assert (args.steps, args.order) == (steps, order), (command, argv)
-    assert FAST_PRESET == {"order": 2, "steps": 50}
+            assert (args.steps, args.order, args.reuse) == (steps, order, reuse), (command, argv)
+    assert FAST_PRESET == {"order": 1, "steps": 25, "reuse": 2}
 
 
-def test_fast_drag_records_what_it_ran(tmp_path, image_file):
+def test_fast_drag_records_what_it_ran_and_its_cost_per_move(tmp_path, image_file):
     out = tmp_path / "fast"
     argv = ["drag", "--image", str(image_file), "--source", "20,30", "--target", "52,30", "--model", "tiny",
             "--no-lora", "--fast", "--out", str(out)]
     assert main(argv) == 0
-    args = json.loads((out / "run.json").read_text())["args"]
-    assert (args["steps"], args["order"]) == (50, 2) and "fast" not in args
+    record = json.loads((out / "run.json").read_text())
+    args, results = record["args"], record["results"]
+    assert (args["steps"], args["order"], args["reuse"]) == (25, 1, 2) and "fast" not in args
+    assert results["unet_calls_per_move"] == 15  # round(0.6 * 25) decoding steps; Cycle-SDE's encoding calls none
+    assert 8 < results["unet_call_equivalents_per_move"] < 11  # 8 full calls and 7 at a fraction of a full one
     again = tmp_path / "again"
     assert main(["drag", "--config", str(out / "run.json"), "--out", str(again)]) == 0
     assert (again / "result.png").read_bytes() == (out / "result.png").read_bytes()

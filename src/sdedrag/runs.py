@@ -28,7 +28,7 @@ from sdedrag.visualize import draw_drag_arrows, save_gif
 COMMAND = "drag"
 PARAM_ARGS = (
     "method", "steps", "t0", "step_size", "radius", "alpha", "beta", "guidance", "inversion_guidance", "lora_scale_min",
-    "order", "seed", "paste_back",
+    "order", "reuse", "seed", "paste_back",
 )
 """The DragParams fields a run records (dilate and feather keep their defaults)."""
 DRAGDIFFUSION_ARGS = (
@@ -96,8 +96,9 @@ def session_args(session: DragSession) -> dict[str, Any]:
 
 
 def drag_results(request: DragRequest, result: DragResult) -> dict[str, Any]:
-    """What every drag's run.json reports: the decoding process, moves, timings, warnings and image size (and
-    DragDiffusion's Adam steps and where point tracking left the handles)."""
+    """What every drag's run.json reports: the decoding process, moves, timings, warnings and image size, and
+    SDE-/ODE-Drag's UNet calls per move (also in full-call equivalents, see ``DragResult``) or DragDiffusion's
+    Adam steps and where point tracking left the handles."""
     results = {
         "process": request.params.process,
         "moves": result.moves,
@@ -107,6 +108,9 @@ def drag_results(request: DragRequest, result: DragResult) -> dict[str, Any]:
     }
     if isinstance(result, DragDiffusionResult):
         results.update(iterations=result.iterations, tracked=[list(point) for point in result.handles])
+    elif result.frames:
+        results.update(unet_calls_per_move=result.unet_calls / len(result.frames),
+                       unet_call_equivalents_per_move=result.call_equivalents / len(result.frames))
     return results
 
 

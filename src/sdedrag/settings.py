@@ -144,6 +144,7 @@ class DragParams(SolverParams):
     alpha: float = 1.1  # the paper's patch gain: target patch = alpha * source patch
     beta: float = 0.3  # source patch = beta * source + sqrt(1 - beta^2) * noise
     lora_scale_min: float = 0.5  # LoRA scale at t0, rising on a cosine to 1 at t = 0
+    reuse: int = 1  # the UNet's deep features recomputed every reuse-th call, reused between (1: every call)
     paste_back: bool = True  # keep the input's pixels exactly outside the dilated, feathered mask
     dilate: float = 8.0  # image pixels
     feather: float = 8.0  # image pixels
@@ -157,6 +158,7 @@ class DragParams(SolverParams):
             (0 < self.alpha <= MAX_ALPHA, f"alpha must be in (0, {MAX_ALPHA:g}]"),
             (0.0 <= self.beta <= 1.0, "beta must be in [0, 1]"),
             (0.0 <= self.lora_scale_min <= 1.0, "lora scale minimum must be in [0, 1]"),
+            (self.reuse >= 1, "reuse interval must be at least 1"),
             (self.dilate >= 0 and self.feather >= 0, "dilate and feather must be non-negative"),
             (self.inversion_guidance == "ramp" or 1.0 <= self.inversion_guidance <= MAX_GUIDANCE,
              f"inversion guidance must be in [1, {MAX_GUIDANCE:g}] or 'ramp'"),

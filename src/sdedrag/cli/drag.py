@@ -39,13 +39,14 @@ from sdedrag.settings import (
 PATH_ARGS = ("image", "mask", "lora_cache")
 DEFAULTS = DragParams()
 DD_DEFAULTS = DragDiffusionParams()
-FAST_PRESET = {"order": 2, "steps": 50}
-"""``--fast``: (SDE-)DPM-Solver++(2M) at 50 steps, 4x fewer UNet calls than the paper's 200 first-order steps."""
+FAST_PRESET = {"order": 1, "steps": 25, "reuse": 2}
+"""``--fast``: 25 first-order steps (15 per move at t0 0.6) with the UNet's deep features recomputed every second
+call: 8 full and 7 reuse calls per move, 9-10 full-call equivalents against the paper's 120 (benchmarks/README.md)."""
 
 
 class FastPreset(argparse.Action):
     """``--fast`` sets each of ``FAST_PRESET``'s options that is still at its default when the flag is read;
-    options given after it override it as usual. run.json records the resolved --steps and --order."""
+    options given after it override it as usual. run.json records the resolved --steps, --order and --reuse."""
 
     def __init__(self, option_strings: list[str], dest: str, **kwargs: object):
         super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
@@ -118,9 +119,13 @@ def add_drag_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-scale-min", type=unit_interval, default=DEFAULTS.lora_scale_min,
                         help="LoRA scale at t0, 1 at t = 0 (default: %(default)s)")
     add_order_option(parser, DEFAULTS.order)
+    parser.add_argument("--reuse", type=positive_int, default=DEFAULTS.reuse,
+                        help="recompute the UNet's deep features every N-th call and reuse them in between "
+                             "(DeepCache; 1: every call) (default: %(default)s)")
     parser.add_argument(
         "--fast", action=FastPreset,
-        help="4x fewer UNet calls: --order 2 --steps 50, unless --order/--steps say otherwise (benchmarks/README.md)",
+        help="about 12x cheaper moves: --order 1 --steps 25 --reuse 2, unless --order/--steps/--reuse say otherwise "
+             "(benchmarks/README.md)",
     )
     parser.add_argument("--no-paste-back", dest="paste_back", action="store_false",
                         help="do not keep the input's pixels outside the mask")

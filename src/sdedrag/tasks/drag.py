@@ -5,7 +5,8 @@ to t0, copies every source patch to its current target (scaled by alpha), refres
 with noise (beta), and decodes: SDE-Drag with Cycle-SDE (eta = 1, recorded noise) under the paper's
 guidance and LoRA-scale ramps, ODE-Drag with DDIM inversion (under ``inversion_guidance``, or the decoding's
 guidance ramp) and eta = 0, everything else equal.
-Outside the editable mask the latent follows the recorded path at every step.
+Outside the editable mask the latent follows the recorded path at every step. With ``reuse`` > 1 each encode
+and decode recomputes the UNet's deep features only every ``reuse``-th call (:mod:`sdedrag.models.feature_reuse`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor
 from sdedrag.engine import cosine_ramp, decode, encode, linear_ramp
 from sdedrag.errors import InputError
 from sdedrag.models.base import DiffusionModel
+from sdedrag.models.feature_reuse import feature_reuse
 from sdedrag.settings import DragDiffusionParams, DragParams
 from sdedrag.tasks.common import (
     generator_for,
@@ -48,6 +50,8 @@ class DragResult:
     moves: int  # total number of moves
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    unet_calls: int = 0  # in the moves so far
+    call_equivalents: float = 0.0  # the same calls in full-call FLOPs: deep-feature reuse calls count their fraction
 
 
 @dataclass(frozen=True)
@@ -183,14 +187,18 @@ def iter_drag(model: DiffusionModel, request: DragRequest, progress: bool = Fals
     for move in range(moves):
         move_sources = np.round(source_lat + move / moves * displacement).astype(np.int64)
         move_targets = np.round(source_lat + (move + 1) / moves * displacement).astype(np.int64)
-        path = encode(model, x, grid, params.process, cond, inversion_guidance, lora_scale, generator, progress)
-        edited = copy_and_paste(
-            path.x_t0, move_sources, move_targets, params.radius, params.alpha, params.beta, generator
-        )
-        x = decode(
-            model, edited, path, params.process, cond, order=params.order, mask=region, guidance=guidance,
-            lora_scale=lora_scale, generator=generator, progress=progress,
-        )
+        with feature_reuse(model, params.reuse, period=grid.num_steps) as reuse:
+            path = encode(model, x, grid, params.process, cond, inversion_guidance, lora_scale, generator, progress)
+            edited = copy_and_paste(
+                path.x_t0, move_sources, move_targets, params.radius, params.alpha, params.beta, generator
+            )
+            x = decode(
+                model, edited, path, params.process, cond, order=params.order, mask=region, guidance=guidance,
+                lora_scale=lora_scale, generator=generator, progress=progress,
+            )
+        calls = grid.num_steps * (2 if params.process == "ode" else 1)  # Cycle-SDE's encoding calls no UNet
+        result.unet_calls += calls
+        result.call_equivalents += reuse.equivalents() if params.reuse > 1 else calls
         frame = latent_to_image(model, x, image.size)
         if keep_outside:
             frame = paste_back(frame, image, mask, params.dilate, params.feather)
