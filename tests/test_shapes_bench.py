@@ -131,6 +131,7 @@ def test_shapes_bench_writes_every_track_and_scores_any_folder(tmp_path, pixel_m
     assert rescored["drag/sde"] == summary["summary"]["measures"]["drag/sde"]
 
 
+@pytest.mark.slow
 def test_shapes_bench_workers_give_the_same_results(tmp_path, pixel_model_dir):
     argv = ["shapes-bench", "--model", str(pixel_model_dir), "--cases", "2", "--steps", "6", "--tracks", "drag"]
     assert main([*argv, "--out", str(tmp_path / "one")]) == 0
