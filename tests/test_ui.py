@@ -13,7 +13,10 @@ import sdedrag.lora
 from sdedrag.cli import main
 from sdedrag.errors import InputError
 from sdedrag.lora import LoraCache
+from sdedrag.models import load_model
 from sdedrag.session import DragSession
+from sdedrag.settings import DragParams
+from sdedrag.shapes.settings import SHAPES_DRAG
 from sdedrag.ui import handlers
 from sdedrag.ui.app import build_app, shown_in_page
 from sdedrag.visualize import SOURCE_COLOR, TARGET_COLOR
@@ -177,3 +180,79 @@ def test_app_serialises_runs_on_one_session(session, tmp_path):
     app = build_app(session, runs_dir=tmp_path)
     runs = [fn for fn in app.fns.values() if fn.name == "on_run"]
     assert len(runs) == 1 and runs[0].concurrency_limit == 1
+
+
+@pytest.fixture(scope="module")
+def shapes_session(tmp_path_factory):
+    return DragSession(load_model("shapes", "cpu"), lora_cache=LoraCache(tmp_path_factory.mktemp("lora")))
+
+
+def test_the_page_names_the_model_and_warns_of_random_weights(session, shapes_session):
+    tiny = handlers.model_notice(session.model)
+    assert "`tiny`" in tiny and "random" in tiny and "noise by design" in tiny
+    shapes = handlers.model_notice(shapes_session.model)
+    assert "`shapes`" in shapes and "random" not in shapes and "New scene" in shapes
+    params, _, lora = handlers.page_defaults(shapes_session.model)
+    assert (params, lora) == (SHAPES_DRAG, False)  # ShapesBench's t0 and steps; no LoRA on a pixel model
+    assert handlers.page_defaults(session.model)[0] == DragParams() and handlers.page_defaults(session.model)[2]
+
+
+def test_cost_counts_the_unet_calls_a_run_makes(session, tmp_path, monkeypatch):
+    calls = []
+    predict = session.model.predict_eps
+    monkeypatch.setattr(session.model, "predict_eps", lambda *a, **k: calls.append(1) or predict(*a, **k))
+    image, points = smooth_image(96, 64), [[20, 30], [60, 34]]
+    for method in ("sde", "ode"):
+        options = {**FAST, "method": method, "t0": 0.5}
+        cost = handlers.run_cost(session.model, image.size, points, options)
+        calls.clear()
+        moves = list(handlers.run_drag(session, tmp_path, image, None, points, options))[-1].moves
+        assert f"{moves} move(s) x" in cost and f"= **{len(calls)} UNet calls**" in cost, (method, cost, len(calls))
+    assert "click a point pair" in handlers.run_cost(session.model, None, [], FAST)
+    assert "LoRA training steps" in handlers.run_cost(session.model, image.size, points, {**FAST, "lora": True})
+
+
+def test_masks_can_be_uploaded_and_join_the_brushed_area(tmp_path):
+    image = smooth_image(96, 64)
+    mask = np.zeros((64, 96), bool)
+    mask[10:20, 10:30] = True
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    loaded = handlers.open_mask(tmp_path / "mask.png", image)
+    assert np.array_equal(loaded, mask)
+    value = handlers.editor_value(image, loaded)  # tinted into the background, nothing painted
+    assert value["layers"] == [] and value["background"].getpixel((15, 15)) != image.getpixel((15, 15))
+    assert value["background"].getpixel((50, 50)) == image.getpixel((50, 50))
+    brushed = {"background": image, "layers": [painted(image.size, (50, 40, 60, 50))]}
+    joined = handlers.page_mask(brushed, image.size, loaded)
+    assert joined.sum() == mask.sum() + 100 and joined[45, 55] and joined[15, 15]
+    assert np.array_equal(handlers.page_mask(None, image.size, loaded), mask)
+    Image.new("L", (40, 30)).save(tmp_path / "small.png")
+    with pytest.raises(InputError, match=r"^the uploaded mask is 40x30 but the image is 96x64") as caught:
+        handlers.open_mask(tmp_path / "small.png", image)
+    assert str(tmp_path) not in str(caught.value)
+    with pytest.raises(InputError, match="upload an image first"):
+        handlers.open_mask(tmp_path / "mask.png", None)
+
+
+def test_a_scene_run_shows_the_ground_truth_and_compares_sde_with_ode(shapes_session):
+    case = handlers.new_scene(shapes_session.model, 0)
+    image = case.scene.pil()
+    assert "move the red disc" in handlers.scene_task(case)
+    view = handlers.points_view(image, [], case.editable, case.target)
+    scale = handlers.view_scale(image.size)
+    assert view.getpixel((int(case.target[0] * scale), int(case.target[1] * scale))) == (0, 0, 0)  # the cross
+    points = [[int(case.source[0]), int(case.source[1])], [int(case.target[0]), int(case.target[1])]]
+    options = {**FAST, "prompt": "", "steps": 20, "t0": 0.3, "order": 2, "guidance": 1.0, "paste_back": False,
+               "radius": case.radius()}
+    updates = list(handlers.compare_drags(shapes_session, image, None, points, options, case, case.editable))
+    final = updates[-1]
+    assert [u.move for u in updates] == sorted(u.move for u in updates) and final.move == final.moves
+    assert [caption for _, caption in final.gallery] == ["input and drag", "SDE-Drag", "ODE-Drag", "ground truth"]
+    truth = handlers.scene_truth(case, *handlers.split_points(points), case.editable)
+    assert np.array_equal(np.asarray(final.gallery[-1][0]), truth.ground_truth().image)
+    assert truth.target == pytest.approx((case.target[0] - case.target[0] % 1 + case.source[0] % 1,
+                                          case.target[1] - case.target[1] % 1 + case.source[1] % 1))
+    assert "| **SDE-Drag** |" in final.measures and "| **ODE-Drag** |" in final.measures
+    # a click off every shape, or two pairs, has no ground truth
+    assert handlers.scene_truth(case, [(0.0, 0.0)], [(5.0, 5.0)], None) is None
+    assert handlers.scene_truth(case, [(1.0, 1.0)] * 2, [(2.0, 2.0)] * 2, None) is None
