@@ -20,7 +20,7 @@ from sdedrag.lora import LoraCache, LoraSettings, train_lora
 from sdedrag.models import StableDiffusionXL, XLCondition, load_model
 from sdedrag.models.tiny import build_tiny_vae, build_tiny_xl_pipeline
 from sdedrag.session import DragSession
-from sdedrag.settings import DragParams, ReconstructParams
+from sdedrag.settings import DragDiffusionParams, DragParams, ReconstructParams
 from sdedrag.tasks.common import image_to_latent, paste_weights
 from sdedrag.tasks.drag import DragRequest
 from sdedrag.tasks.reconstruct import reconstruct
@@ -138,6 +138,18 @@ def test_sde_and_ode_drag_train_the_lora_once_and_reuse_it(xl32, drag_request, t
     without = session.drag(drag_request, None)
     assert not torch.equal(without.latent, results["sde"].latent)  # the adapter changed the edit
     assert not xl32.has_lora
+
+
+def test_dragdiffusion_runs_on_sdxl(xl32, drag_request):
+    """DragDiffusion's decoder features, latent optimisation and [original, edited] decode work on the SDXL UNet."""
+    weights = [p.detach().clone() for p in xl32.unet.parameters()]
+    request = replace(drag_request, params=DragDiffusionParams(steps=10, iterations=3))
+    result = DragSession(xl32).drag(request, None)
+    outside = paste_weights(drag_request.mask) == 0
+    assert result.image.size == (128, 80) and result.iterations >= 1
+    assert np.array_equal(np.asarray(result.image)[outside], np.asarray(drag_request.image)[outside])
+    assert not np.array_equal(np.asarray(result.image), np.asarray(drag_request.image))
+    assert all(torch.equal(a, b) for a, b in zip(weights, xl32.unet.parameters()))
 
 
 @pytest.fixture
