@@ -329,8 +329,9 @@ def test_rerunning_into_an_sdedrag_folder_replaces_its_files_and_keeps_the_users
 # Item 7: SIGTERM and Ctrl-C leave no staging folders behind.
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_mid_write_leaves_no_partial_folder(tmp_path, signum):
-    code = (
-        "import time, sys; from sdedrag.io import atomic_output_dir\n"
+    code = (  # Ctrl-C raises KeyboardInterrupt as in a terminal, even if this test runs as a background job
+        "import signal, time, sys; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "from sdedrag.io import atomic_output_dir\n"
         "from sdedrag.errors import SdedragError\n"
         "try:\n"
         f"    with atomic_output_dir({str(tmp_path / 'out')!r}) as staging:\n"
