@@ -1,10 +1,12 @@
-"""`sdedrag ui --model tiny` driven end to end in headless Chromium (Debian's /usr/bin/chromium; `.ci/run`
-installs it): upload, brush a mask, click a point pair, run, and get a result of the input's size."""
+"""`sdedrag ui` driven end to end in headless Chromium (Debian's /usr/bin/chromium; `.ci/run` installs it).
+On `tiny`: the random-weights notice, upload, brush a mask, click a point pair, run, and get a result of the
+input's size. On `shapes`: a new ShapesBench scene, two clicks, run, and the result beside its ground truth."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,6 +19,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
+from sdedrag.cli.drag import FAST_PRESET
+from sdedrag.shapes.bench import make_drag_case
 from tests.conftest import smooth_image
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -36,12 +40,14 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path):
-    """The UI in a subprocess, as a user starts it; yields its URL once it answers."""
+def server(request, tmp_path):
+    """The UI on the model ``request.param`` (default tiny) in a subprocess, as a user starts it; yields its URL
+    once it answers."""
+    model = getattr(request, "param", "tiny")
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "TQDM_DISABLE": "1"}
     log = (tmp_path / "server.log").open("w")
-    command = [sys.executable, "-m", "sdedrag", "ui", "--model", "tiny", "--device", "cpu", "--port", str(port),
+    command = [sys.executable, "-m", "sdedrag", "ui", "--model", model, "--device", "cpu", "--port", str(port),
                "--lora-cache", str(tmp_path / "lora")]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}/"
@@ -85,6 +91,11 @@ def test_drag_in_the_browser(page, server, tmp_path):
     smooth_image(*SIZE).save(image_path)
     Image.new("RGB", (1100, 1000)).save(tmp_path / "huge.png")
     page.goto(server)
+    expect(page.locator("#model-notice")).to_contain_text("tiny")
+    expect(page.locator("#model-notice")).to_contain_text("weights are random")
+    expect(page.locator("#new-scene")).to_be_hidden()  # scenes are for the shapes model
+    expect(page.locator("#editor")).to_be_hidden()  # nothing to brush before an upload
+    expect(page.locator("#editor-placeholder")).to_contain_text("No image yet")
 
     # open the parameter panels now; their widgets are set at the end, long after they have mounted
     # (typing into a widget in the instant after it mounts can be lost)
@@ -96,6 +107,8 @@ def test_drag_in_the_browser(page, server, tmp_path):
     upload(page, image_path)
     status = page.locator("#points-status")
     expect(status).to_contain_text("0 pair(s)", timeout=60_000)
+    expect(page.locator("#editor")).to_be_visible()
+    expect(page.locator("#editor-placeholder")).to_be_hidden()
     page.locator("#run-button").click()  # nothing clicked yet
     expect_message(page, "click a source point")
 
@@ -149,6 +162,47 @@ def test_drag_in_the_browser(page, server, tmp_path):
         assert abs(x - fx * SIZE[0]) <= 1 and abs(y - fy * SIZE[1]) <= 1
     mask = np.asarray(Image.open(download(page, downloads, "mask.png"))) > 0
     assert mask.shape == SIZE[::-1] and mask[SIZE[1] // 2, SIZE[0] // 2] and not mask.all()  # the stroke
+
+
+@pytest.mark.parametrize("server", ["shapes"], indirect=True)
+def test_shapes_scene_in_the_browser(page, server, tmp_path):
+    page.goto(server)
+    expect(page.locator("#model-notice")).to_contain_text("shapes")
+    expect(page.locator("#model-notice")).not_to_contain_text("random")
+    page.locator("#new-scene").click()
+    status = page.locator("#points-status")
+    expect(status).to_contain_text("Scene", timeout=60_000)
+    seed, index = map(int, re.search(r"Scene (\d+)-(\d+)", status.inner_text()).groups())
+    case = make_drag_case(seed, index)
+    expect(page.locator("#editor")).to_be_visible()
+
+    # the shape's centre, then the marked target, each click once the view has reloaded from the last
+    view = page.locator("#points-view img")
+    wait_for_new_view(page, None)
+    for (x, y), expected in ((case.source, "and a source"), (case.target, "1 pair(s)")):
+        shown = view.get_attribute("src")
+        view.click(position=image_position(view, (int(x) + 0.5) / case.resolution, (int(y) + 0.5) / case.resolution))
+        expect(status).to_contain_text(expected, timeout=30_000)
+        wait_for_new_view(page, shown)
+    expect(page.locator("#cost")).to_contain_text("UNet calls")
+    page.locator("#fast").click()
+    expect(page.locator("#cost")).to_contain_text(f"of {FAST_PRESET['steps']} steps")
+
+    page.locator("#run-button").click()
+    expect(page.locator("#run-status")).to_contain_text("Done", timeout=180_000)
+    natural = page.wait_for_function(
+        "() => { const img = document.querySelector('#result img');"
+        " return img && img.complete && img.naturalWidth > 0 && [img.naturalWidth, img.naturalHeight]; }",
+        timeout=30_000,
+    ).json_value()
+    assert tuple(natural) == (case.resolution, case.resolution)
+    gallery = page.locator("#comparison")
+    for caption in ("input and drag", "SDE-Drag", "ground truth"):
+        expect(gallery.get_by_text(caption, exact=True)).to_be_visible()
+    measures = page.locator("#measures")
+    expect(measures).to_contain_text("SDE-Drag")
+    expect(measures).to_contain_text("vacated area clean")
+    page.screenshot(path=tmp_path / "page.png", full_page=True)
 
 
 def upload(page, path: Path) -> None:

@@ -178,7 +178,7 @@ def build_app(
                     + " to brush the area that may change here.", elem_id="editor-placeholder")
                 editor = gr.ImageEditor(
                     label="1 · Brush the area that may change", type="pil", image_mode="RGBA", sources=(),
-                    transforms=(), layers=False, format="png", visible=False,
+                    transforms=(), layers=False, format="png", visible="hidden",  # mounted, so brushing fires change
                     brush=gr.Brush(colors=[("#ff5a1f", 0.55)], color_mode="fixed"), elem_id="editor",
                     elem_classes=pixelated,
                 )
