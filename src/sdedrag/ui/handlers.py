@@ -342,7 +342,8 @@ def method_name(method: str) -> str:
 def compared(request: DragRequest, results: Mapping[str, Image.Image], case: DragCase | None
              ) -> tuple[list[tuple[Image.Image, str]], str]:
     """The gallery (input with the drag, each named result, a scene's ground truth) and the measures table."""
-    arrows = draw_drag_arrows(request.image, list(request.sources), list(request.targets), request.mask)
+    clicks = [list(point) for pair in zip(request.sources, request.targets) for point in pair]
+    arrows = points_view(request.image, clicks, request.mask)
     gallery = [(arrows, "input and drag"), *((image, name) for name, image in results.items())]
     truth = scene_truth(case, request.sources, request.targets, request.mask) if case is not None else None
     if truth is None:
