@@ -19,10 +19,12 @@ from sdedrag.bench.study import Comparison, Study, VoteStore
 from sdedrag.bench.study_server import StudyApp, make_server
 from sdedrag.engine import decode, encode
 from sdedrag.errors import InputError
+from sdedrag.lora import LoraCache
 from sdedrag.models import GaussianMixture, load_model
 from sdedrag.models.attention_control import mutual_self_attention, self_attention_layers
 from sdedrag.models.features import captured_features, feature_block, resize_features
 from sdedrag.runs import settings_args, settings_from_args
+from sdedrag.session import DragSession
 from sdedrag.settings import DRAGDIFFUSION_LORA, DragDiffusionParams, DragParams
 from sdedrag.shapes.bench import BenchSettings, make_drag_case, run_case, score_folder
 from sdedrag.shapes.metrics import drag_metrics
@@ -37,6 +39,7 @@ from sdedrag.tasks.dragdiffusion import (
     to_feature_points,
     track_points,
 )
+from sdedrag.ui import handlers
 from tests.conftest import smooth_image
 from tests.helpers import leftovers, run_cli, write_dataset
 
@@ -387,6 +390,31 @@ def test_bad_dragdiffusion_options_are_one_line_errors(tmp_path, capsys, extra, 
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
     assert leftovers(out) == []
+
+
+def test_the_ui_runs_dragdiffusion_and_its_run_replays(tiny32, tmp_path, monkeypatch):
+    """Choosing DragDiffusion switches the page to the authors' steps, t0 and LoRA; a run records the method's
+    settings in run.json, which ``sdedrag drag --config`` replays exactly; the SDE/ODE comparison refuses it."""
+    session = DragSession(tiny32, lora_cache=LoraCache(tmp_path / "lora"))
+    assert handlers.method_settings(tiny32, "dragdiffusion") == (50, 0.7, 80, 5e-4)
+    assert handlers.method_settings(tiny32, "sde") == (200, 0.6, 100, 2e-4)
+    options = {"prompt": "a photo", "method": "dragdiffusion", "steps": 10.0, "t0": 0.7, "step_size": 2.0,
+               "radius": 5.0, "alpha": 1.1, "beta": 0.3, "guidance": 3.0, "lora_scale_min": 0.5, "order": 1,
+               "paste_back": True, "lora": False, "lora_steps": 80, "lora_rank": 16, "lora_lr": 5e-4, "seed": 0}
+    image = smooth_image(64, 48)
+    final = list(handlers.run_drag(session, tmp_path / "runs", image, None, [[20, 20], [30, 24]], options))[-1]
+    folder = final.files[0].parent
+    record = json.loads((folder / "run.json").read_text())
+    args = record["args"]
+    assert (args["method"], args["steps"], args["iterations"]) == ("dragdiffusion", 10, 80)
+    assert args["lora_batch_size"] == 4 and record["results"]["iterations"] <= 80
+    assert "7 DDIM inversion steps, up to 80 latent-optimisation steps" in handlers.run_cost(
+        tiny32, image.size, [[20, 20], [30, 24]], options)
+    monkeypatch.chdir(folder)
+    assert run_cli(["drag", "--config", "run.json", "--out", str(tmp_path / "replay")]) == 0
+    assert (tmp_path / "replay" / "result.png").read_bytes() == (folder / "result.png").read_bytes()
+    with pytest.raises(InputError, match="choose one of them"):
+        list(handlers.compare_drags(session, image, None, [[20, 20], [30, 24]], options))
 
 
 def test_bench_run_with_dragdiffusion(tmp_path):
