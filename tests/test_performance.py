@@ -12,9 +12,8 @@ from conftest import smooth_image
 from peft.tuners.lora import LoraLayer
 
 from sdedrag.cli import build_parser, main
-from sdedrag.cli.drag import FAST_PRESET
 from sdedrag.lora import lora_applied, save_lora, train_lora
-from sdedrag.settings import DragParams, LoraSettings
+from sdedrag.settings import FAST_PRESET, DragParams, LoraSettings
 from sdedrag.tasks.drag import DragRequest, drag
 
 PROMPT = "a photo of blobs"

@@ -212,6 +212,22 @@ def test_cost_counts_the_unet_calls_a_run_makes(session, tmp_path, monkeypatch):
     assert "LoRA training steps" in handlers.run_cost(session.model, image.size, points, {**FAST, "lora": True})
 
 
+def test_cost_names_the_full_unet_calls_under_feature_reuse(session, tmp_path):
+    full = []
+    hook = session.model.unet.mid_block.resnets[0].register_forward_hook(lambda *_: full.append(1))  # not on reuse
+    image, points = smooth_image(96, 64), [[20, 30], [60, 34]]
+    try:
+        for method in ("sde", "ode"):
+            options = {**FAST, "method": method, "reuse": 2}
+            cost = handlers.run_cost(session.model, image.size, points, options)
+            full.clear()
+            moves = list(handlers.run_drag(session, tmp_path, image, None, points, options))[-1].moves
+            per_move = int(cost.split("reuse every 2 calls, ")[1].split(" of each move")[0])
+            assert per_move * moves == len(full), (method, cost, len(full))
+    finally:
+        hook.remove()
+
+
 def test_masks_can_be_uploaded_and_join_the_brushed_area(tmp_path):
     image = smooth_image(96, 64)
     mask = np.zeros((64, 96), bool)

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from sdedrag.cli.drag import FAST_PRESET
+from sdedrag.settings import FAST_PRESET
 from sdedrag.shapes.bench import make_drag_case
 from tests.conftest import smooth_image
 

@@ -213,6 +213,9 @@ class DragDiffusionParams:
         )
 
 
+FAST_PRESET: dict[str, int] = {"order": 1, "steps": 25, "reuse": 2}
+"""``--fast``: 25 first-order steps (15 per move at t0 0.6) with the UNet's deep features recomputed every second
+call: 8 full and 7 reuse calls per move, 9-10 full-call equivalents against the paper's 120 (benchmarks/README.md)."""
 DRAGBENCH_PASTE_BACK = False
 DRAGBENCH_LORA_RANK = 4
 """``sdedrag bench run``'s defaults for SDE-Drag and ODE-Drag where they differ from ``sdedrag drag``'s: the

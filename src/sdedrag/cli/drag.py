@@ -29,6 +29,7 @@ from sdedrag.cli.common import (
 from sdedrag.settings import (
     DRAG_METHODS,
     DRAGDIFFUSION_LORA,
+    FAST_PRESET,
     MAX_ALPHA,
     MAX_GUIDANCE,
     DragDiffusionParams,
@@ -39,9 +40,6 @@ from sdedrag.settings import (
 PATH_ARGS = ("image", "mask", "lora_cache")
 DEFAULTS = DragParams()
 DD_DEFAULTS = DragDiffusionParams()
-FAST_PRESET = {"order": 1, "steps": 25, "reuse": 2}
-"""``--fast``: 25 first-order steps (15 per move at t0 0.6) with the UNet's deep features recomputed every second
-call: 8 full and 7 reuse calls per move, 9-10 full-call equivalents against the paper's 120 (benchmarks/README.md)."""
 
 
 class FastPreset(argparse.Action):

@@ -18,11 +18,10 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from sdedrag.cli.drag import FAST_PRESET
 from sdedrag.errors import InputError, SdedragError
 from sdedrag.runs import settings_args
 from sdedrag.session import DragSession
-from sdedrag.settings import MAX_LORA_STEPS
+from sdedrag.settings import FAST_PRESET, MAX_LORA_STEPS
 from sdedrag.shapes.bench import DragCase
 from sdedrag.ui import DEFAULT_MAX_PIXELS, handlers
 from sdedrag.ui.handlers import OPTION_TYPES, Points

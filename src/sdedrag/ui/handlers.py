@@ -247,8 +247,12 @@ def run_cost(model: DiffusionModel, size: tuple[int, int] | None, points: Points
     else:
         moves = count_moves(model, size, sources[:pairs], targets, params.step_size)
         head = f"{moves} move(s) x {per_move} = **{moves * calls} UNet calls**"
+    runs = 1 if params.method == "sde" else 2
+    reuse_note = "" if params.reuse <= 1 else (
+        f" With deep-feature reuse every {params.reuse} calls, {runs * math.ceil(steps / params.reuse)} of each move's "
+        f"{calls} calls run the whole UNet and the rest only its outer blocks.")
     return (f"**Cost of a run:** {head}{lora_note}. (The last {steps} of {params.steps} steps over [0, T] lie below "
-            f"t0 = {params.t0:g}.)")
+            f"t0 = {params.t0:g}.){reuse_note}")
 
 
 def new_scene(model: DiffusionModel, index: int | None = None) -> DragCase:
