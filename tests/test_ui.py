@@ -182,6 +182,17 @@ def test_app_serialises_runs_on_one_session(session, tmp_path):
     assert len(runs) == 1 and runs[0].concurrency_limit == 1
 
 
+def test_the_app_bounds_what_pil_decodes_brush_layers_included(session, tmp_path):
+    previous = Image.MAX_IMAGE_PIXELS
+    try:
+        build_app(session, max_pixels=100, runs_dir=tmp_path)
+        Image.new("RGBA", (20, 20)).save(tmp_path / "layer.png")  # 400 pixels: over twice the limit
+        with pytest.raises(Image.DecompressionBombError), Image.open(tmp_path / "layer.png") as layer:
+            layer.load()
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 @pytest.fixture(scope="module")
 def shapes_session(tmp_path_factory):
     return DragSession(load_model("shapes", "cpu"), lora_cache=LoraCache(tmp_path_factory.mktemp("lora")))

@@ -79,6 +79,7 @@ def build_app(
     """The page for ``session``; each run's files go to a fresh folder under ``runs_dir`` (a new temporary
     folder by default). On a shapes model the page offers ShapesBench scenes and starts at their settings."""
     runs_dir = Path(runs_dir or tempfile.mkdtemp(prefix="sdedrag-ui-"))
+    handlers.limit_decoding(max_pixels)
     model = session.model
     shapes = handlers.is_shapes_model(model)
     drag_defaults, lora_defaults, lora_default = handlers.page_defaults(model)

@@ -133,6 +133,12 @@ def method_settings(model: DiffusionModel, method: str) -> tuple[int, float, int
     return params.steps, params.t0, lora.steps, lora.learning_rate
 
 
+def limit_decoding(max_pixels: int) -> None:
+    """Make PIL refuse, in this process, to decode any image over twice ``max_pixels``: gradio decodes the
+    brush layers of the editor before any handler can check their size (uploads are checked exactly)."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def check_size(size: tuple[int, int], max_pixels: int) -> None:
     """Refuse images of ``size`` with more than ``max_pixels`` pixels, saying how to fix it."""
     width, height = size
