@@ -152,6 +152,23 @@ def test_dragdiffusion_runs_on_sdxl(xl32, drag_request):
     assert all(torch.equal(a, b) for a, b in zip(weights, xl32.unet.parameters()))
 
 
+def test_the_ui_drags_on_sdxl_and_its_run_replays(xl32, tmp_path, monkeypatch):
+    from sdedrag.ui import handlers
+
+    session = DragSession(xl32, lora_cache=LoraCache(tmp_path / "lora"))
+    assert "`tiny-xl`" in handlers.model_notice(xl32) and "random" in handlers.model_notice(xl32)
+    options = {"prompt": "a photo", "method": "sde", "steps": 10.0, "t0": 0.6, "step_size": 4.0, "radius": 2.0,
+               "alpha": 1.1, "beta": 0.3, "guidance": 3.0, "lora_scale_min": 0.5, "order": 1, "paste_back": True,
+               "lora": False, "lora_steps": 2, "lora_rank": 4, "lora_lr": 1e-3, "seed": 0}
+    final = list(handlers.run_drag(session, tmp_path / "runs", smooth_image(128, 80), None, [[48, 40], [64, 44]],
+                                   options))[-1]
+    folder = final.files[0].parent
+    assert Image.open(folder / "result.png").size == (128, 80)
+    monkeypatch.chdir(folder)
+    assert main(["drag", "--config", "run.json", "--out", str(tmp_path / "replay")]) == 0
+    assert (tmp_path / "replay" / "result.png").read_bytes() == (folder / "result.png").read_bytes()
+
+
 @pytest.fixture
 def files(tmp_path) -> dict[str, str]:
     """A 64x48 input and a mask of its size."""
