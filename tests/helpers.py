@@ -47,6 +47,11 @@ def write_case(root: Path, fmt: str, case_id: str, image: Image.Image, pairs, ma
         image.save(folder / "user_drag.png")
         meta = {"prompt": prompt, "points": points, "mask": mask.astype(np.uint8)}
         (folder / "meta_data.pkl").write_bytes(pickle.dumps(meta))
+    elif fmt == "shapesbench":
+        (source, target), = pairs
+        image.save(folder / "input.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "mask.png")
+        (folder / "case.json").write_text(json.dumps({"prompt": prompt, "source": list(source), "target": list(target)}))
     else:
         image.convert("RGB").save(folder / "original.jpg", quality=95)
         Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "mask.png")

@@ -3,18 +3,15 @@ malicious DragBench-D pickle that must execute nothing."""
 
 from __future__ import annotations
 
-import json
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from sdedrag.bench.formats import FORMATS, detect_format, list_cases, load_case, resize_case
 from sdedrag.errors import InputError
-from tests.conftest import SHARED_DATA, smooth_image
-from tests.helpers import WritesAFile, write_case, write_dataset
+from tests.conftest import SHARED_DATA
+from tests.helpers import WritesAFile, write_dataset
 
 SAMPLES = {"dragbench-d": ("dragbench-d-sample", 14), "drag100": ("drag100-sample", 4), "dragbench-s": ("dragbench-s-sample", 1)}
 
@@ -34,7 +31,7 @@ def test_generated_fixtures_load_in_every_format(tmp_path, fmt):
     assert case.mask[32, 40] and not case.mask[2, 2] and case.mask.sum() == 32 * 40
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", SAMPLES)
 def test_shared_samples_load(fmt):
     folder, count = SAMPLES[fmt]
     root = SHARED_DATA / folder
@@ -83,6 +80,9 @@ def test_a_malicious_pickle_is_refused_and_executes_nothing(tmp_path):
                                                                                    "mask": np.ones((5, 5), np.uint8)})),
          "mask is 5x5 but the image is 80x64"),
         ("dragbench-d", lambda f: (f / "meta_data.pkl").write_bytes(b"\x80\x05garbage"), "pickle"),
+        ("shapesbench", lambda f: (f / "case.json").write_text('{"source": [1, 1]}'), "needs 'source' and 'target'"),
+        ("shapesbench", lambda f: (f / "case.json").write_text('{"source": [1, 1], "target": [900, 2]}'),
+         "outside the 80x64 image"),
     ],
 )
 def test_malformed_cases_are_reported_by_id(tmp_path, fmt, damage, message):

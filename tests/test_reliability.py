@@ -36,8 +36,7 @@ from sdedrag.errors import InputError
 from sdedrag.io import atomic_output_dir, check_output_dir, load_image, write_json
 from sdedrag.settings import DragDiffusionParams, DragParams, InpaintParams, LoraSettings, SDEditParams
 from tests.conftest import smooth_image
-from tests.test_bench_formats import write_case, write_dataset
-from tests.test_bench_runner import cli_env
+from tests.helpers import cli_env, write_case, write_dataset
 from tests.test_cli import run_cli
 from tests.test_study import CASES, results_folder
 

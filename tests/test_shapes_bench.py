@@ -139,9 +139,9 @@ def test_shapes_bench_workers_give_the_same_results(tmp_path, pixel_model_dir):
     assert (tmp_path / "one" / "metrics.csv").read_text() == (tmp_path / "two" / "metrics.csv").read_text()
 
 
-def test_shapes_bench_refuses_a_latent_model_and_a_folder_without_cases(tmp_path, capsys):
-    assert run_cli(["shapes-bench", "--model", "tiny", "--cases", "1", "--out", str(tmp_path / "o")]) == 2
-    assert "pixel-space" in capsys.readouterr().err and not (tmp_path / "o").exists()
+def test_shapes_bench_refuses_an_inpainting_model_and_a_folder_without_cases(tmp_path, capsys):
+    assert run_cli(["shapes-bench", "--model", "tiny-inpaint", "--cases", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "needs a plain (4-channel) model" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert run_cli(["shapes-bench", "--score", str(tmp_path), "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert "holds no ShapesBench cases" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()

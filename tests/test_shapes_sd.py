@@ -105,24 +105,129 @@ def test_scheduler_is_sds_with_v_prediction():
     assert public[0] == public[1]
 
 
-def test_diffedit_case_recolours_one_shape_and_its_scoring_knows_the_truth():
-    from sdedrag.shapes.sd_tracks import make_edit_case, score_edit
+def test_diffedit_track_recolours_the_case_shape_and_its_scoring_knows_the_truth():
+    from sdedrag.shapes.bench import diffedit_prompts, make_drag_case, score_diffedit
 
-    case = make_edit_case(0, 4, RESOLUTION)
-    again = make_edit_case(0, 4, RESOLUTION)
-    assert (again.shape_index, again.colour) == (case.shape_index, case.colour)
-    assert np.array_equal(again.scene.image, case.scene.image)
-    source, target = case.prompts
-    assert source != target and case.colour in target and case.colour not in source
-    truth = score_edit(case, case.edited.image)
-    assert truth.success and truth.region_psnr == truth.truth_psnr == 100.0
-    unedited = score_edit(case, case.scene.image)
-    assert not unedited.recoloured and not unedited.old_colour_gone and unedited.outside_max_diff == 0
+    case = make_drag_case(0, 4, RESOLUTION)
+    colour = case.edit_colour()
+    assert colour == make_drag_case(0, 4, RESOLUTION).edit_colour()
+    assert colour not in {s.colour for s in case.scene.shapes}
+    source, target = diffedit_prompts(case)
+    assert source != target and colour in target and colour not in source
+    truth = score_diffedit(case, case.edited().image)
+    assert truth["success"] and truth["region_psnr"] == truth["truth_psnr"] == 100.0
+    unedited = score_diffedit(case, case.scene.image)
+    assert not unedited["recoloured"] and not unedited["old_colour_gone"] and unedited["outside_max_diff"] == 0
 
 
 def test_drag_patch_radius_covers_the_shape_in_latent_pixels():
     from sdedrag.shapes.bench import make_drag_case
-    from sdedrag.shapes.sd_tracks import latent_radius
 
     case = make_drag_case(0, 0, RESOLUTION)
-    assert (latent_radius(case, 8) - 1) * 8 >= case.shape.radius > (latent_radius(case, 8) - 2) * 8
+    assert (case.radius(8) - 1) * 8 >= case.shape.radius > (case.radius(8) - 2) * 8
+
+
+def test_shapes_bench_on_shapes_sd_runs_all_four_tracks_with_lora_and_captions(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from helpers import cli_env
+
+    out, cache = tmp_path / "bench", tmp_path / "lora"
+    command = [sys.executable, "-m", "sdedrag", "shapes-bench", "--model", "shapes-sd", "--device", "cpu",
+               "--cases", "1", "--steps", "50", "--inpaint-regions", "shape", "--inpaint-steps", "5",
+               "--corruptions", "noise", "--sdedit-t0", "0.3", "--sdedit-steps", "10", "--lora-cache", str(cache),
+               "--out", str(out)]
+    done = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())["summary"]
+    assert {"drag/sde", "drag/ode", "inpaint/shape/sde-5", "sdedit/noise/sde-t0.3", "diffedit/sde",
+            "diffedit/ode"} <= set(summary["measures"])
+    assert "diffedit/sde-vs-ode" in summary["sde_minus_ode"]
+    settings = json.loads((out / "run.json").read_text())["results"]["settings"]
+    assert settings["lora"]["rank"] == 4 and settings["drag"]["t0"] == 0.6 and settings["drag"]["steps"] == 50
+    assert settings["guidance"] == 3.0 and not settings["drag"]["paste_back"]
+    assert len(list(cache.rglob("*.safetensors"))) == 1  # one LoRA for the image, shared by SDE- and ODE-Drag
+    case = next((out / "cases").iterdir())
+    spec = json.loads((case / "case.json").read_text())
+    assert spec["prompt"].startswith("a ") and spec["diffedit"]["colour"] in spec["diffedit"]["target_prompt"]
+
+
+def test_diffedit_track_needs_a_text_conditional_model(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import cli_env
+
+    command = [sys.executable, "-m", "sdedrag", "shapes-bench", "--model", "shapes", "--tracks", "diffedit",
+               "--cases", "1", "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "DiffEdit track edits by prompt" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_eval_mean_distance_with_shapes_sd_features_on_shapesbench_cases(tmp_path):
+    """DIFT features of shapes-sd find the dragged shape: Mean Distance is small for the ground truth and about
+    the drag's length for the unedited input."""
+    import csv
+    import json
+    import math
+    import subprocess
+    import sys
+
+    from helpers import cli_env
+
+    from sdedrag.shapes.bench import make_drag_case, write_case
+
+    cases = [make_drag_case(0, index, RESOLUTION) for index in range(3)]
+    for case in cases:
+        folder = tmp_path / "cases" / case.case_id
+        write_case(case, folder)
+        (folder / "drag").mkdir()
+        case.ground_truth().pil().save(folder / "drag" / "truth.png")
+        case.scene.pil().save(folder / "drag" / "unedited.png")
+    distances = {}
+    for name in ("truth", "unedited"):
+        out = tmp_path / f"eval-{name}"
+        command = [sys.executable, "-m", "sdedrag", "bench", "eval", "--dataset", str(tmp_path / "cases"),
+                   "--results", str(tmp_path / "cases"), "--result-file", f"drag/{name}.png", "--dift-model",
+                   "shapes-sd", "--no-lpips", "--device", "cpu", "--out", str(out)]
+        done = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads((out / "summary.json").read_text())["cases"] == 3
+        with open(out / "metrics.csv") as handle:
+            distances[name] = [float(row["mean_distance"]) for row in csv.DictReader(handle)]
+    lengths = [math.dist(case.source, case.target) for case in cases]
+    assert max(distances["truth"]) <= 5.0
+    assert all(abs(d - length) <= 3.0 for d, length in zip(distances["unedited"], lengths))
+
+
+def test_bench_eval_refuses_a_result_file_outside_the_case_folder(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import cli_env
+
+    command = [sys.executable, "-m", "sdedrag", "bench", "eval", "--dataset", str(tmp_path), "--results", str(tmp_path),
+               "--result-file", "../x.png", "--out", str(tmp_path / "o")]
+    done = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "relative path inside the case folder" in done.stderr
+
+
+def test_demo_on_shapes_sd_drags_as_on_sd_and_scores_against_the_truth(tmp_path, capsys, monkeypatch):
+    import json
+
+    from sdedrag.cli import main
+
+    monkeypatch.setenv("SDEDRAG_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", "shapes-sd", "--device", "cpu", "--steps", "30", "--cases", "0",
+                 "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "30 steps at t0 = 0.6, model shapes-sd" in captured.err.splitlines()[0]
+    rows = json.loads((out / "metrics.json").read_text())["rows"]
+    assert [row["method"] for row in rows] == ["sde", "ode"] and all(row["found"] for row in rows)
+    assert "verdict: SDE-Drag" in captured.out
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1  # the per-image LoRA, trained once
+    assert Image.open(out / "sde.gif").size == (256, 256)

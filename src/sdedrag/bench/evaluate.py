@@ -1,4 +1,4 @@
-"""``bench eval``: metrics of a results folder (``<case id>/result.png``) against its dataset.
+"""``bench eval``: metrics of a results folder (``<case id>/result.png``, or another file name) against its dataset.
 
 One row per case goes to metrics.csv; summary.json holds the means. Mean Distance in the summary is averaged
 over all handle points (DragDiffusion's protocol), every other metric over cases. Results of another size
@@ -53,8 +53,9 @@ def evaluate(
     distance: PerceptualDistance | None = None,
     dai_gammas: Sequence[int] = DAI_GAMMAS,
     progress: bool = False,
+    result_file: str = "result.png",
 ) -> Evaluation:
-    """Score every case of ``dataset`` that has ``results/<id>/result.png``; Mean Distance needs
+    """Score every case of ``dataset`` that has ``results/<id>/<result_file>``; Mean Distance needs
     ``extractor`` and Image Fidelity ``distance`` (each metric is skipped when its callable is None)."""
     results = Path(results)
     if not results.is_dir():
@@ -67,7 +68,7 @@ def evaluate(
             print(f"skipping {err}", file=sys.stderr)
             evaluation.invalid.append({"id": ref.id, "error": str(err)})
             continue
-        result_path = results / ref.id / "result.png"
+        result_path = results / ref.id / result_file
         if not result_path.is_file():
             evaluation.missing.append(ref.id)
             continue

@@ -1,4 +1,4 @@
-"""The three drag benchmarks' native layouts, read into one case type.
+"""The three drag benchmarks' native layouts, and ShapesBench's case folders, read into one case type.
 
 - ``dragbench-s`` (SDE-Drag's DragBench): ``<case>/origin_image.png``, ``mask.png`` (L, 255 = editable),
   ``prompt.json`` {"prompt", "source": [[x, y], ...], "target": [[x, y], ...]}.
@@ -7,6 +7,8 @@
   is read with :mod:`sdedrag.bench.safe_pickle`, which refuses anything but plain data and numpy arrays.
 - ``drag100`` (GoodDrag's Drag100): ``<case>/original.jpg``, ``mask.png``, ``points.json`` {"points": [...]
   alternating}; no prompt.
+- ``shapesbench`` (``sdedrag shapes-bench``'s DIR/cases): ``<case>/input.png``, ``mask.png``, ``case.json``
+  {"source": [x, y], "target": [x, y], "prompt": the scene's caption}; one drag per case.
 
 Listing a dataset is cheap and never fails on a bad case; :func:`load_case` reads one case and raises a
 one-line :class:`~sdedrag.errors.InputError` naming the case when it is malformed.
@@ -30,9 +32,11 @@ from sdedrag.errors import InputError
 from sdedrag.io import load_image
 from sdedrag.tasks.drag import Point, validate_points
 
-IMAGE_FILES = {"dragbench-s": "origin_image.png", "dragbench-d": "original_image.png", "drag100": "original.jpg"}
+IMAGE_FILES = {"dragbench-s": "origin_image.png", "dragbench-d": "original_image.png", "drag100": "original.jpg",
+               "shapesbench": "input.png"}
 # A file whose presence in a case folder identifies the format.
-MARKERS = {"dragbench-s": "prompt.json", "dragbench-d": "meta_data.pkl", "drag100": "points.json"}
+MARKERS = {"dragbench-s": "prompt.json", "dragbench-d": "meta_data.pkl", "drag100": "points.json",
+           "shapesbench": "case.json"}
 MAX_JSON_BYTES = 16 * 2**20
 
 
@@ -80,11 +84,13 @@ def detect_format(root: str | Path) -> str:
             return "dragbench-s"
         if (folder / MARKERS["drag100"]).is_file():
             return "drag100"
+        if (folder / MARKERS["shapesbench"]).is_file():
+            return "shapesbench"
         if any((case / MARKERS["dragbench-d"]).is_file() for case in _subfolders(folder)):
             return "dragbench-d"
     raise InputError(
         f"cannot tell the format of dataset {root}: no <case>/prompt.json (dragbench-s), <case>/points.json "
-        "(drag100) or <category>/<case>/meta_data.pkl (dragbench-d) found"
+        "(drag100), <case>/case.json (shapesbench) or <category>/<case>/meta_data.pkl (dragbench-d) found"
     )
 
 
@@ -190,6 +196,13 @@ def _read_native(ref: CaseRef, max_pixels: int | None) -> tuple[str, list[Point]
         prompt = meta.get("prompt", "")
         sources, targets = _split_alternating(_points(meta["points"], "points"), "meta_data.pkl")
         mask = _mask_array(meta["mask"])
+    elif ref.format == "shapesbench":
+        meta = _read_json(folder / "case.json")
+        if not isinstance(meta, dict) or "source" not in meta or "target" not in meta:
+            raise InputError("case.json needs 'source' and 'target' points")
+        prompt = meta.get("prompt", "")
+        sources, targets = _points([meta["source"]], "source"), _points([meta["target"]], "target")
+        mask = _mask_file(folder / "mask.png", max_pixels)
     else:
         meta = _read_json(folder / "points.json")
         if not isinstance(meta, dict) or "points" not in meta:

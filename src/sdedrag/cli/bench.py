@@ -31,6 +31,14 @@ PATH_ARGS = ("dataset", "results", "out", "lora_cache")
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=48)
 
 
+def result_file(text: str) -> str:
+    """An argparse type: a relative path that stays inside each case's folder."""
+    path = Path(text)
+    if not text or path.is_absolute() or ".." in path.parts:
+        raise argparse.ArgumentTypeError(f"must be a relative path inside the case folder, got {text!r}")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", parser_class=Parser, required=True)
     run_parser = commands.add_parser("run", help="drag every case of a dataset into OUT (resumable)", description=run_dataset.__doc__)
@@ -49,7 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_options(eval_parser)
     eval_parser.add_argument("--results", help="results folder with <case id>/result.png (required)")
     eval_parser.add_argument("--out", type=Path, help="output folder (required)")
-    eval_parser.add_argument("--dift-model", default=DEFAULT_DIFT_MODEL, help="SD 2.1 Hub id or local diffusers folder for DIFT features, or 'tiny' (default: %(default)s)")
+    eval_parser.add_argument("--result-file", type=result_file, default="result.png",
+                             help="the result's file name in each case's results folder, e.g. drag/sde.png for "
+                             "shapes-bench's DIR/cases (default: %(default)s)")
+    eval_parser.add_argument("--dift-model", default=DEFAULT_DIFT_MODEL, help="SD 2.1 Hub id or local diffusers folder for DIFT features, 'shapes-sd' (offline, for ShapesBench "
+                             "scenes) or 'tiny' (default: %(default)s)")
     eval_parser.add_argument("--dift-ensemble", type=positive_int, default=DIFT_ENSEMBLE, help="noise samples averaged per DIFT feature map (default: %(default)s)")
     eval_parser.add_argument("--no-mean-distance", dest="mean_distance", action="store_false", help="skip Mean Distance (needs the DIFT weights)")
     eval_parser.add_argument("--no-lpips", dest="lpips", action="store_false", help="skip Image Fidelity (needs the lpips package and AlexNet weights)")
@@ -125,7 +137,8 @@ def evaluate_results(args: argparse.Namespace) -> int:
         if args.mean_distance
         else None
     )
-    evaluation = evaluate(args.dataset, args.results, args.format, extractor, distance, args.dai_gammas, progress=True)
+    evaluation = evaluate(args.dataset, args.results, args.format, extractor, distance, args.dai_gammas,
+                          progress=True, result_file=args.result_file)
     settings = {
         "mean_distance": {"dift_model": args.dift_model, **extractor.settings} if extractor else None,
         "image_fidelity": {"lpips_net": "alex", "size": 224} if distance else None,

@@ -1,10 +1,12 @@
-"""SDE-Drag versus ODE-Drag on the built-in, trained shapes model: fully offline, about a minute on a CPU.
+"""SDE-Drag versus ODE-Drag on a built-in, trained shapes model: fully offline, about a minute on a CPU.
 
 Builds ShapesBench cases (generated scenes with a known true result), drags one shape per scene with both
 methods and scores each result against its ground truth. Writes DIR/comparison.png (one row per case: input
 and drag, SDE-Drag, ODE-Drag, ground truth, the measures under each result), DIR/sde.gif and DIR/ode.gif (the
 first case's moves), DIR/cases/<id>/ (laid out as shapes-bench writes it, so `shapes-bench --score` reads it),
-DIR/metrics.json and DIR/run.json; the measures and a verdict per case are printed.
+DIR/metrics.json and DIR/run.json; the measures and a verdict per case are printed. With --model shapes-sd
+(a small Stable Diffusion) the drags run as on SD: the scene's caption as the prompt, per-image LoRA, and the
+paper's DragBench settings.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from sdedrag.cli import common
 from sdedrag.cli.common import add_model_options, add_run_options, load_model_arg, positive_int, recorded_args, require
-from sdedrag.shapes.settings import SHAPES_DRAG
+from sdedrag.shapes.settings import SHAPES_DRAG, SHAPES_SD_DRAG
 
 METHODS = ("sde", "ode")
 COLUMNS = (  # (measure, header with unit and better direction, format)
@@ -32,7 +34,8 @@ COLUMNS = (  # (measure, header with unit and better direction, format)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", type=int, nargs="+", default=[0, 1, 2],
                         help="which generated scenes (default: 0 1 2)")
-    parser.add_argument("--steps", type=positive_int, default=SHAPES_DRAG.steps, help="solver steps (default: %(default)s)")
+    parser.add_argument("--steps", type=positive_int, help=f"solver steps (default: {SHAPES_DRAG.steps}; "
+                        f"{SHAPES_SD_DRAG.steps} on a latent model such as shapes-sd)")
     add_model_options(parser, default_model="shapes")
     add_run_options(parser)
 
@@ -65,8 +68,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def check_out(args: argparse.Namespace) -> None:
     """Say what the demo will do before anything slow happens (checking --out loads torch), then check --out."""
+    params = SHAPES_DRAG if args.model == "shapes" else SHAPES_SD_DRAG if args.model == "shapes-sd" else None
+    setting = "" if params is None else f"{args.steps or params.steps} steps at t0 = {params.t0}, "
     say(f"demo: SDE-Drag and ODE-Drag on ShapesBench cases {' '.join(map(str, args.cases))} (seed {args.seed}), "
-        f"{args.steps} steps at t0 = {SHAPES_DRAG.t0}, model {args.model}; writing {args.out}")
+        f"{setting}model {args.model}; writing {args.out}")
     common.check_out(args)
 
 
@@ -79,12 +84,21 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from sdedrag.io import atomic_output_dir, run_record, write_json
-    from sdedrag.shapes.bench import comparison, drag_record, make_drag_case, model_resolution, run_drag, write_case
+    from sdedrag.shapes.bench import (
+        comparison,
+        drag_record,
+        make_drag_case,
+        model_resolution,
+        run_drag,
+        settings_for,
+        write_case,
+    )
     from sdedrag.visualize import save_gif
 
     model = load_model_arg(args)
     resolution = model_resolution(model)
-    params = replace(SHAPES_DRAG, steps=args.steps, seed=args.seed)
+    settings = settings_for(model)
+    params = replace(settings.drag, steps=args.steps or settings.drag.steps, seed=args.seed)
     rows, entries = [], []
     with atomic_output_dir(args.out) as staging:
         for number, index in enumerate(args.cases):
@@ -94,13 +108,14 @@ def run(args: argparse.Namespace) -> int:
             (folder / "drag").mkdir()
             images, scored = {}, {}
             for method in METHODS:
-                result = run_drag(model, case, method, params, progress=f"case {case.case_id} {method.upper()}-Drag")
+                result = run_drag(model, case, method, params, progress=f"case {case.case_id} {method.upper()}-Drag",
+                                  lora=settings.lora)
                 result.image.save(folder / "drag" / f"{method}.png")
                 row = drag_record(case, method, result)
                 rows.append(row)
                 images[f"{method.upper()}-Drag"], scored[f"{method.upper()}-Drag"] = np.asarray(result.image), row
                 if number == 0:
-                    scale = 8
+                    scale = max(1, 256 // resolution)
                     frames = [f.resize((f.width * scale, f.height * scale), Image.Resampling.NEAREST)
                               for f in (case.scene.pil(), *result.frames)]
                     save_gif(frames, staging / f"{method}.gif")

@@ -1,6 +1,8 @@
-"""ShapesBench: SDE against ODE on generated scenes whose true result is known, in three tracks. Drag: move one
-shape per scene (SDE-Drag, ODE-Drag). Inpainting: regenerate the shape's footprint or a larger box that halves
-it. SDEdit: restore a corrupted scene (coarse strokes, jittered colours, pixel noise) at several t0.
+"""ShapesBench: SDE against ODE on generated scenes whose true result is known. Drag: move one shape per scene
+(SDE-Drag, ODE-Drag). Inpainting: regenerate the shape's footprint or a larger box that halves it. SDEdit: restore
+a corrupted scene (coarse strokes, jittered colours, pixel noise) at several t0. DiffEdit (text-conditional
+models): recolour the shape by editing the scene's caption. A Stable Diffusion model (e.g. shapes-sd) gets the
+caption as its prompt, the paper's DragBench drag with per-image LoRA, and all four tracks.
 
 Writes DIR/cases/<id>/ (inputs and every result; the layout is in sdedrag.shapes.bench), DIR/metrics.csv (one
 row per case and result), DIR/summary.json (every measure's mean with a bootstrap 95% interval, SDE - ODE
@@ -17,38 +19,49 @@ from pathlib import Path
 from sdedrag.cli.common import (
     add_model_options,
     add_run_options,
+    guidance_scale,
     load_model_arg,
     positive_int,
     recorded_args,
     require,
     unit_fraction,
 )
-from sdedrag.settings import DRAG_METHODS, KNOWN_REGIONS
-from sdedrag.shapes.settings import SHAPES_DRAG
+from sdedrag.settings import DRAG_METHODS, KNOWN_REGIONS, ORDERS
+from sdedrag.shapes.settings import SHAPES_DRAG, SHAPES_SD_DRAG, SHAPES_SD_GUIDANCE
 
-PATH_ARGS = ("score",)
-TRACKS = ("drag", "inpaint", "sdedit")
+PATH_ARGS = ("score", "lora_cache")
+TRACKS = ("drag", "inpaint", "sdedit", "diffedit")
 REGIONS = ("shape", "box")
 CORRUPTIONS = ("strokes", "jitter", "noise")
 NAMES = {"sde": "SDE-Drag", "ode": "ODE-Drag", "dragdiffusion": "DragDiffusion"}
 SHOWN = {"drag": ("success", "reached", "distance", "vacated_clean_fraction", "stray_fraction", "truth_psnr"),
          "inpaint": ("success", "stray_fraction", "completed", "truth_psnr"),
-         "sdedit": ("success", "recovered", "extra_shapes", "stray_fraction", "truth_psnr")}
+         "sdedit": ("success", "recovered", "extra_shapes", "stray_fraction", "truth_psnr"),
+         "diffedit": ("success", "recoloured", "old_colour_gone", "region_psnr", "outside_psnr")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", type=positive_int, default=40, help="number of cases (default: %(default)s)")
-    parser.add_argument("--tracks", nargs="+", choices=TRACKS, default=list(TRACKS), help="default: all three")
+    parser.add_argument("--tracks", nargs="+", choices=TRACKS,
+                        help="default: all four on a text-conditional model, else drag, inpaint and sdedit")
     parser.add_argument("--workers", type=positive_int, default=1,
                         help="processes, each with the model loaded once and one thread (default: %(default)s)")
     parser.add_argument("--score", metavar="DIR", help="score the results in DIR (laid out as this command writes "
                         "them) instead of running; writes metrics.csv, summary.json and overview.png to --out")
-    drag = parser.add_argument_group("drag track")
-    drag.add_argument("--steps", type=positive_int, default=SHAPES_DRAG.steps, help="solver steps (default: %(default)s)")
-    drag.add_argument("--t0", type=unit_fraction, default=SHAPES_DRAG.t0, help="default: %(default)s")
-    drag.add_argument("--order", type=int, choices=(1, 2), default=SHAPES_DRAG.order, help="solver order (default: %(default)s)")
+    parser.add_argument("--guidance", type=guidance_scale, help="classifier-free guidance of the inpainting, SDEdit "
+                        f"and DiffEdit tracks (default: {SHAPES_SD_GUIDANCE:g} on a text-conditional model, else 1)")
+    drag = parser.add_argument_group("drag track (defaults: ShapesBench's on a pixel model, the paper's DragBench "
+                                     "setting on a latent one)")
+    drag.add_argument("--steps", type=positive_int,
+                      help=f"solver steps (default: {SHAPES_DRAG.steps}; {SHAPES_SD_DRAG.steps} on a latent model)")
+    drag.add_argument("--t0", type=unit_fraction, help=f"default: {SHAPES_DRAG.t0}; {SHAPES_SD_DRAG.t0} on a latent model")
+    drag.add_argument("--order", type=int, choices=ORDERS, help=f"solver order (default: {SHAPES_DRAG.order})")
     drag.add_argument("--drag-methods", nargs="+", choices=DRAG_METHODS, default=["sde", "ode"],
                       help="drag methods; dragdiffusion runs at the authors' settings (default: sde ode)")
+    drag.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True,
+                      help="per-image LoRA on a latent model, as in the paper's DragBench runs (default: on)")
+    drag.add_argument("--lora-cache", metavar="DIR", help="where per-image LoRA weights are kept (default: "
+                      "$SDEDRAG_CACHE/lora or ~/.cache/sdedrag/lora)")
     inpaint = parser.add_argument_group("inpainting track")
     inpaint.add_argument("--inpaint-regions", nargs="+", choices=REGIONS, default=list(REGIONS), help="default: both")
     inpaint.add_argument("--inpaint-steps", type=positive_int, nargs="+", default=[5, 10, 25, 50],
@@ -121,10 +134,11 @@ def overview(source: Path, rows: list[dict], path: Path, count: int = 4) -> None
 
 def run(args: argparse.Namespace) -> int:
     import time
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from sdedrag.io import atomic_output_dir, run_record, write_json
-    from sdedrag.shapes.bench import BenchSettings, run_cases, score_folder
+    from sdedrag.lora import LoraCache
+    from sdedrag.shapes.bench import run_cases, score_folder, settings_for
 
     require(args, "out")
     start = time.perf_counter()
@@ -138,9 +152,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"scored {args.score}; wrote {args.out}/summary.json, metrics.csv, overview.png")
         return 0
     model = load_model_arg(args)
-    settings = BenchSettings(
-        tracks=tuple(args.tracks),
-        drag=replace(SHAPES_DRAG, steps=args.steps, t0=args.t0, order=args.order),
+    defaults = settings_for(model)
+    drag = {k: v for k, v in (("steps", args.steps), ("t0", args.t0), ("order", args.order)) if v is not None}
+    changes = {"tracks": tuple(args.tracks)} if args.tracks else {}
+    if args.guidance is not None:
+        changes["guidance"] = args.guidance
+    if not args.lora:
+        changes.update(lora=None, dragdiffusion_lora=None)
+    settings = settings_for(
+        model,
+        **changes,
+        drag=replace(defaults.drag, **drag),
         drag_methods=tuple(args.drag_methods),
         inpaint_regions=tuple(args.inpaint_regions),
         inpaint_steps=tuple(args.inpaint_steps),
@@ -151,11 +173,13 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     with atomic_output_dir(args.out) as staging:
-        run_cases(model, args.cases, settings, staging, args.workers, (args.model, args.device, args.dtype))
+        cache = LoraCache(Path(args.lora_cache)) if args.lora_cache else None
+        run_cases(model, args.cases, settings, staging, args.workers, (args.model, args.device, args.dtype), cache)
         rows = score_folder(staging)
         summary = write_outputs(rows, staging, args)
         overview(staging, rows, staging / "overview.png")
-        write_json(staging / "run.json", run_record(args.command, recorded_args(args), {"seconds": time.perf_counter() - start}))
+        results = {"seconds": time.perf_counter() - start, "settings": asdict(settings)}
+        write_json(staging / "run.json", run_record(args.command, recorded_args(args), results))
     print_summary(summary)
     print(f"wrote {args.out}/summary.json, metrics.csv, overview.png, cases/")
     return 0

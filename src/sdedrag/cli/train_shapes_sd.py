@@ -46,13 +46,6 @@ def check_out(args: argparse.Namespace) -> None:
     check_output_dir(args.out, resume=True)
 
 
-def check_out(args: argparse.Namespace) -> None:
-    """Training resumes into --out, so it may hold files; it must be a writable folder (or creatable)."""
-    from sdedrag.io import check_output_dir
-
-    check_output_dir(args.out, resume=True)
-
-
 def run(args: argparse.Namespace) -> int:
     from sdedrag.io import run_record, write_json
     from sdedrag.shapes.sd_checks import write_model_card

@@ -5,7 +5,13 @@ covers the shape and its destination (and no other shape). The ground truth is t
 shape drawn at the target. The inpainting track regenerates a region of the same scene: the shape's
 footprint, or a larger box whose edge halves the shape (so the visible half fixes what the completion must
 be). The SDEdit track starts from a corrupted copy of the scene (coarse strokes, jittered colours, or pixel
-noise) and scores how real and how faithful to the scene the edit is.
+noise) and scores how real and how faithful to the scene the edit is. The DiffEdit track (text-conditional
+models) recolours the case's shape to a palette colour the scene lacks, from the scene's caption to the
+edited scene's caption ("a red disc ..." -> "a blue disc ..."); the ground truth is the recoloured scene.
+
+Any pixel-space or Stable Diffusion model runs it at its own resolution. On a latent model the prompt is the
+scene's caption, the patch radius is counted in latent pixels, and the drag is run as on SD (per-image LoRA,
+guidance ramp): :func:`settings_for` gives each kind of model its defaults.
 
 Results live in a folder any method can fill (see :func:`score_folder`)::
 
@@ -16,6 +22,8 @@ Results live in a folder any method can fill (see :func:`score_folder`)::
     cases/<case id>/inpaint/<region>/<label>.png   an inpainting of input.png, e.g. sde-10.png
     cases/<case id>/sdedit/<kind>/input.png        the corrupted scene (kind: strokes, jitter or noise)
     cases/<case id>/sdedit/<kind>/<label>.png      an SDEdit of that input, e.g. ode-t0.3.png
+    cases/<case id>/diffedit/truth.png             the recoloured scene (case.json names the colour and prompts)
+    cases/<case id>/diffedit/<label>.png           a DiffEdit result, e.g. sde.png
 
 A label starting ``sde`` is paired with the label that has ``ode`` in its place for per-case differences.
 """
@@ -38,31 +46,57 @@ from scipy.ndimage import binary_dilation
 from tqdm.auto import tqdm
 
 from sdedrag.errors import InputError
+from sdedrag.lora import LoraCache
 from sdedrag.models import load_model
 from sdedrag.models.base import DiffusionModel
 from sdedrag.models.pixel import PixelUNet
-from sdedrag.settings import DRAG_METHODS, DragDiffusionParams, DragParams, InpaintParams, SDEditParams
-from sdedrag.shapes.data import Scene, fits, sample_scene
+from sdedrag.models.stable_diffusion import StableDiffusion
+from sdedrag.session import DragSession
+from sdedrag.settings import (
+    DRAG_METHODS,
+    DiffEditParams,
+    DragDiffusionParams,
+    DragParams,
+    InpaintParams,
+    LoraSettings,
+    SDEditParams,
+)
+from sdedrag.shapes.captions import caption
+from sdedrag.shapes.data import PALETTE, Scene, fits, sample_scene
 from sdedrag.shapes.metrics import (
     SOLIDITY_LIMIT,
     STRAY_LIMIT,
     SUCCESS_DISTANCE,
     bootstrap_ci,
     cases_needed,
+    centroid_xy,
+    colour_regions,
     completion,
     drag_metrics,
     drag_success,
+    find_shape,
     masked_psnr,
     masked_ssim,
+    min_shape_area,
     paired_difference,
     reached,
     realism_metrics,
     scene_metrics,
     truth_metrics,
+    unchanged_outside,
 )
-from sdedrag.shapes.settings import SHAPES_DRAG, SHAPES_DRAGDIFFUSION
-from sdedrag.tasks.drag import DragRequest, DragResult, iter_drag
-from sdedrag.tasks.dragdiffusion import dragdiffusion
+from sdedrag.shapes.settings import (
+    SHAPES_DRAG,
+    SHAPES_DRAGDIFFUSION,
+    SHAPES_SD_DRAG,
+    SHAPES_SD_DRAGDIFFUSION,
+    SHAPES_SD_DRAGDIFFUSION_LORA,
+    SHAPES_SD_GUIDANCE,
+    SHAPES_SD_LORA,
+)
+from sdedrag.tasks.common import require_plain_model
+from sdedrag.tasks.diffedit import diffedit
+from sdedrag.tasks.drag import DragRequest, DragResult
 from sdedrag.tasks.inpaint import inpaint
 from sdedrag.tasks.sdedit import sdedit
 
@@ -70,7 +104,9 @@ DRAG_DISTANCE = (0.25, 0.45)
 """A case's drag length as a fraction of the resolution."""
 MASK_MARGIN = 2
 """Pixels the editable area extends beyond the shape's footprints at source and target."""
-TRACKS = ("drag", "inpaint", "sdedit")
+TRACKS = ("drag", "inpaint", "sdedit", "diffedit")
+PIXEL_TRACKS = TRACKS[:3]
+"""The tracks a model without text conditioning runs (DiffEdit edits by prompt)."""
 METHODS = ("sde", "ode")
 INPAINT_REGIONS = ("shape", "box")
 BOX_FRACTION = 0.5
@@ -82,6 +118,8 @@ JITTER = 40.0
 """The jitter corruption shifts the background's and each shape's colour by up to this much per channel."""
 NOISE_STD = 40.0
 """The noise corruption adds Gaussian pixel noise of this standard deviation (0-255 units)."""
+EDIT_MARGIN = 2
+"""Pixels around the recoloured shape that count as its edit region when measuring changes outside it."""
 
 
 @dataclass(frozen=True)
@@ -111,20 +149,37 @@ class DragCase:
     def ground_truth(self) -> Scene:
         return self.scene.moved(self.shape_index, self.target)
 
-    def radius(self) -> int:
-        """The patch radius that covers the shape (its circumscribed circle, plus a pixel)."""
-        return math.ceil(self.shape.radius) + 1
+    def radius(self, latent_scale: int = 1) -> int:
+        """The patch radius (in latent pixels of ``latent_scale`` image pixels) that covers the shape: its
+        circumscribed circle, plus a latent pixel."""
+        return math.ceil(self.shape.radius / latent_scale) + 1
+
+    def edit_colour(self) -> str:
+        """The DiffEdit track's new colour for the shape: a palette colour the scene lacks, drawn from the seed."""
+        free = sorted(set(PALETTE) - {s.colour for s in self.scene.shapes})
+        return str(np.random.default_rng([self.seed, self.index, 3]).choice(free))
+
+    def edited(self) -> Scene:
+        """The DiffEdit track's ground truth: the scene with the shape recoloured."""
+        shapes = list(self.scene.shapes)
+        shapes[self.shape_index] = replace(self.shape, colour=self.edit_colour())
+        return self.scene.with_shapes(shapes)
 
 
 @dataclass(frozen=True)
 class BenchSettings:
     """What a ShapesBench run does for every case (the settings of all three tracks)."""
 
-    tracks: tuple[str, ...] = TRACKS
+    tracks: tuple[str, ...] = PIXEL_TRACKS
     drag: DragParams = SHAPES_DRAG
     dragdiffusion: DragDiffusionParams = SHAPES_DRAGDIFFUSION
     drag_methods: tuple[str, ...] = METHODS
     """The drag track's methods (of DRAG_METHODS); the other tracks compare ``methods``."""
+    lora: LoraSettings | None = None
+    """Per-image LoRA for SDE-Drag and ODE-Drag (latent models); None for none."""
+    dragdiffusion_lora: LoraSettings | None = None
+    guidance: float = 1.0
+    """Classifier-free guidance of the inpainting, SDEdit and DiffEdit tracks (the prompt is the scene's caption)."""
     inpaint_regions: tuple[str, ...] = INPAINT_REGIONS
     inpaint_steps: tuple[int, ...] = (5, 10, 25, 50)
     known_regions: tuple[str | None, ...] = (None,)
@@ -132,6 +187,7 @@ class BenchSettings:
     corruptions: tuple[str, ...] = CORRUPTIONS
     sdedit_t0: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5)
     sdedit_steps: int = 50
+    diffedit: DiffEditParams = DiffEditParams(guidance=SHAPES_SD_GUIDANCE)
     seed: int = 0
     methods: tuple[str, ...] = METHODS
 
@@ -143,10 +199,40 @@ class BenchSettings:
 
 
 def model_resolution(model: DiffusionModel) -> int:
-    """The image size a pixel-space shapes model was trained at (ShapesBench needs such a model)."""
-    if not isinstance(model, PixelUNet):
-        raise InputError(f"ShapesBench needs a pixel-space model such as 'shapes'; {model.name!r} is not one")
-    return int(model.unet.config.sample_size)
+    """The image size a pixel-space or Stable Diffusion model was trained at (ShapesBench scenes are square)."""
+    if isinstance(model, PixelUNet):
+        return int(model.unet.config.sample_size)
+    if isinstance(model, StableDiffusion):
+        return int(model.pipe.unet.config.sample_size) * model.latent_scale
+    raise InputError(f"ShapesBench needs a pixel-space or Stable Diffusion model such as 'shapes' or 'shapes-sd'; "
+                     f"{model.name!r} is neither")
+
+
+def is_text_model(model: DiffusionModel) -> bool:
+    """Whether ``model`` takes a prompt (then cases are prompted with their scene's caption)."""
+    return isinstance(model, StableDiffusion)
+
+
+def settings_for(model: DiffusionModel, **changes) -> BenchSettings:
+    """ShapesBench's defaults for ``model`` with ``changes``: on a pixel-space model the shapes settings and three
+    tracks; on a latent model the paper's DragBench drag (with LoRA), caption guidance, and the DiffEdit track."""
+    model_resolution(model)
+    require_plain_model(model, "ShapesBench")
+    if is_text_model(model):
+        base = BenchSettings(tracks=TRACKS, drag=SHAPES_SD_DRAG, dragdiffusion=SHAPES_SD_DRAGDIFFUSION,
+                             lora=SHAPES_SD_LORA, dragdiffusion_lora=SHAPES_SD_DRAGDIFFUSION_LORA,
+                             guidance=SHAPES_SD_GUIDANCE)
+    else:
+        base = BenchSettings()
+    settings = replace(base, **changes)
+    if "diffedit" in settings.tracks and not is_text_model(model):
+        raise InputError(f"the DiffEdit track edits by prompt; {model.name!r} takes none")
+    return settings
+
+
+def scene_prompt(model: DiffusionModel, scene: Scene) -> str:
+    """The scene's caption for a text-conditional model, else the empty prompt."""
+    return caption(scene) if is_text_model(model) else ""
 
 
 def make_drag_case(seed: int, index: int, resolution: int = 32, tries: int = 200) -> DragCase:
@@ -171,16 +257,18 @@ def make_drag_case(seed: int, index: int, resolution: int = 32, tries: int = 200
 
 
 def run_drag(model: DiffusionModel, case: DragCase, method: str,
-             params: DragParams | DragDiffusionParams = SHAPES_DRAG, progress: str | None = None) -> DragResult:
+             params: DragParams | DragDiffusionParams = SHAPES_DRAG, progress: str | None = None,
+             lora: LoraSettings | None = None, lora_cache: LoraCache | None = None) -> DragResult:
     """Drag the case's shape with SDE-Drag or ODE-Drag (the patch radius fitted to the shape), or with
-    DragDiffusion when ``params`` are DragDiffusionParams; ``progress`` names a per-move progress bar on stderr."""
-    if isinstance(params, DragDiffusionParams):
-        request = DragRequest(case.scene.pil(), [case.source], [case.target], case.editable, "", params)
-        return dragdiffusion(model, request)
-    params = replace(params, method=method, radius=case.radius())
-    request = DragRequest(case.scene.pil(), [case.source], [case.target], case.editable, "", params)
+    DragDiffusion when ``params`` are DragDiffusionParams, prompted with the scene's caption on a text model and
+    with per-image ``lora`` if given; ``progress`` names a per-move progress bar on stderr."""
+    if not isinstance(params, DragDiffusionParams):
+        params = replace(params, method=method, radius=case.radius(model.latent_scale))
+    request = DragRequest(case.scene.pil(), [case.source], [case.target], case.editable,
+                          scene_prompt(model, case.scene), params)
+    session = DragSession(model, lora_cache=lora_cache)
     with tqdm(desc=progress, unit="move", disable=progress is None, file=sys.stderr) as bar:
-        for result in iter_drag(model, request):
+        for result in session.stream(request, lora):
             bar.total = result.moves
             bar.update()
     return result
@@ -224,12 +312,12 @@ def inpaint_label(method: str, steps: int, known: str | None = None) -> str:
 
 
 def run_inpaint(model: DiffusionModel, case: DragCase, region: np.ndarray, method: str, steps: int, seed: int,
-                known: str | None = None) -> Image.Image:
+                known: str | None = None, guidance: float = 1.0) -> Image.Image:
     """Regenerate ``region`` of the case's scene from pure noise (t0 = 1) with ``steps`` solver steps."""
-    params = InpaintParams(method=method, steps=steps, t0=1.0, order=1, guidance=1.0, seed=seed, paste_back=False)
+    params = InpaintParams(method=method, steps=steps, t0=1.0, order=1, guidance=guidance, seed=seed, paste_back=False)
     if known is not None:
         params = replace(params, known_region=known)
-    return inpaint(model, case.scene.pil(), region, params=params).image
+    return inpaint(model, case.scene.pil(), region, scene_prompt(model, case.scene), params=params).image
 
 
 def score_inpaint(case: DragCase, region: np.ndarray, result: np.ndarray) -> dict:
@@ -272,10 +360,12 @@ def sdedit_label(method: str, t0: float) -> str:
     return f"{method}-t{t0:g}"
 
 
-def run_sdedit(model: DiffusionModel, image: np.ndarray, method: str, t0: float, steps: int, seed: int) -> Image.Image:
-    """SDEdit of ``image`` at ``t0``; SDE and ODE draw the same noisy start from ``seed``."""
-    params = SDEditParams(method=method, steps=steps, t0=t0, order=1, guidance=1.0, seed=seed)
-    return sdedit(model, Image.fromarray(image), params=params).image
+def run_sdedit(model: DiffusionModel, case: DragCase, image: np.ndarray, method: str, t0: float, steps: int,
+               seed: int, guidance: float = 1.0) -> Image.Image:
+    """SDEdit of ``image`` (a corruption of the case's scene) at ``t0``; SDE and ODE draw the same noisy start
+    from ``seed``."""
+    params = SDEditParams(method=method, steps=steps, t0=t0, order=1, guidance=guidance, seed=seed)
+    return sdedit(model, Image.fromarray(image), scene_prompt(model, case.scene), params=params).image
 
 
 def score_sdedit(case: DragCase, result: np.ndarray) -> dict:
@@ -283,11 +373,42 @@ def score_sdedit(case: DragCase, result: np.ndarray) -> dict:
     return scene_metrics(result, case.scene).to_dict()
 
 
+def diffedit_prompts(case: DragCase) -> tuple[str, str]:
+    """The DiffEdit track's source and target prompts: the captions of the scene and of the recoloured scene."""
+    return caption(case.scene), caption(case.edited())
+
+
+def run_diffedit(model: DiffusionModel, case: DragCase, method: str, params: DiffEditParams) -> Image.Image:
+    """DiffEdit of the case's scene from its caption to the recoloured scene's caption."""
+    source, target = diffedit_prompts(case)
+    return diffedit(model, case.scene.pil(), source, target, replace(params, method=method)).image
+
+
+def score_diffedit(case: DragCase, result: np.ndarray) -> dict:
+    """How well ``result`` (uint8 [H, W, 3]) recoloured the shape: ``recoloured`` (a region of the new colour at
+    least half the shape's area within SUCCESS_DISTANCE of its centre), ``old_colour_gone`` (no shape-sized region
+    of the old colour left), ``success`` (both); PSNR against the recoloured scene, whole and inside the edit
+    region (the shape dilated by EDIT_MARGIN), and the change outside that region."""
+    shape = case.shape
+    found = find_shape(result, replace(shape, colour=case.edit_colour()), shape.centre)
+    recoloured = bool(found is not None and found.area >= 0.5 * shape.area
+                      and math.dist(centroid_xy(found), shape.centre) <= SUCCESS_DISTANCE)
+    old_gone = not colour_regions(result, shape.rgb, min_area=min_shape_area(case.resolution))
+    truth, region = case.edited().image, binary_dilation(case.scene.masks[case.shape_index], iterations=EDIT_MARGIN)
+    outside_max, outside_psnr = unchanged_outside(case.scene.image, result, region)
+    return {"recoloured": recoloured, "old_colour_gone": old_gone, "success": recoloured and old_gone,
+            "truth_psnr": masked_psnr(truth, result, np.ones_like(region)), "region_psnr": masked_psnr(truth, result, region),
+            "outside_max_diff": outside_max, "outside_psnr": outside_psnr}
+
+
 def write_case(case: DragCase, folder: Path) -> None:
-    """The case's inputs: case.json, input.png, mask.png, truth.png, the inpainting masks and SDEdit inputs."""
+    """The case's inputs: case.json, input.png, mask.png, truth.png, the inpainting masks, SDEdit inputs and the
+    DiffEdit ground truth."""
     folder.mkdir(parents=True, exist_ok=True)
+    source_prompt, target_prompt = diffedit_prompts(case)
     spec = {"case": case.case_id, "seed": case.seed, "index": case.index, "resolution": case.resolution,
-            "shape": case.shape.colour + " " + case.shape.kind, "source": list(case.source), "target": list(case.target)}
+            "shape": case.shape.colour + " " + case.shape.kind, "source": list(case.source), "target": list(case.target),
+            "prompt": source_prompt, "diffedit": {"colour": case.edit_colour(), "target_prompt": target_prompt}}
     (folder / "case.json").write_text(json.dumps(spec, indent=2) + "\n")
     case.scene.pil().save(folder / "input.png")
     Image.fromarray(case.editable).save(folder / "mask.png")
@@ -298,32 +419,44 @@ def write_case(case: DragCase, folder: Path) -> None:
     for kind in CORRUPTIONS:
         (folder / "sdedit" / kind).mkdir(parents=True, exist_ok=True)
         Image.fromarray(corrupt(case, kind)).save(folder / "sdedit" / kind / "input.png")
+    (folder / "diffedit").mkdir(exist_ok=True)
+    case.edited().pil().save(folder / "diffedit" / "truth.png")
 
 
-def run_case(model: DiffusionModel, case: DragCase, settings: BenchSettings, folder: Path) -> None:
+def run_case(model: DiffusionModel, case: DragCase, settings: BenchSettings, folder: Path,
+             lora_cache: LoraCache | None = None) -> None:
     """Write the case's inputs and every method's result of every chosen track into ``folder``."""
     write_case(case, folder)
     if "drag" in settings.tracks:
         (folder / "drag").mkdir(exist_ok=True)
         params = replace(settings.drag, seed=settings.seed)
         for method in settings.drag_methods:
-            chosen = settings.dragdiffusion if method == "dragdiffusion" else params
-            run_drag(model, case, method, chosen).image.save(folder / "drag" / f"{method}.png")
+            if method == "dragdiffusion":
+                result = run_drag(model, case, method, settings.dragdiffusion, lora=settings.dragdiffusion_lora,
+                                  lora_cache=lora_cache)
+            else:
+                result = run_drag(model, case, method, params, lora=settings.lora, lora_cache=lora_cache)
+            result.image.save(folder / "drag" / f"{method}.png")
     if "inpaint" in settings.tracks:
         for kind in settings.inpaint_regions:
             region = inpaint_region(case, kind)
             for steps in settings.inpaint_steps:
                 for known in settings.known_regions:
                     for method in settings.methods:
-                        image = run_inpaint(model, case, region, method, steps, settings.seed, known)
+                        image = run_inpaint(model, case, region, method, steps, settings.seed, known, settings.guidance)
                         image.save(folder / "inpaint" / kind / f"{inpaint_label(method, steps, known)}.png")
     if "sdedit" in settings.tracks:
         for kind in settings.corruptions:
             corrupted = corrupt(case, kind)
             for t0 in settings.sdedit_t0:
                 for method in settings.methods:
-                    image = run_sdedit(model, corrupted, method, t0, settings.sdedit_steps, settings.seed)
+                    image = run_sdedit(model, case, corrupted, method, t0, settings.sdedit_steps, settings.seed,
+                                       settings.guidance)
                     image.save(folder / "sdedit" / kind / f"{sdedit_label(method, t0)}.png")
+    if "diffedit" in settings.tracks:
+        params = replace(settings.diffedit, seed=settings.seed)
+        for method in settings.methods:
+            run_diffedit(model, case, method, params).save(folder / "diffedit" / f"{method}.png")
 
 
 _WORKER_MODEL: DiffusionModel | None = None
@@ -336,26 +469,28 @@ def _start_worker(model: str, device: str, dtype: str) -> None:
     _WORKER_MODEL = load_model(model, device, dtype)
 
 
-def _work(index: int, settings: BenchSettings, resolution: int, folder: Path) -> None:
+def _work(index: int, settings: BenchSettings, resolution: int, folder: Path, lora_cache: LoraCache | None) -> None:
     case = make_drag_case(settings.seed, index, resolution)
-    run_case(_WORKER_MODEL, case, settings, folder / "cases" / case.case_id)
+    run_case(_WORKER_MODEL, case, settings, folder / "cases" / case.case_id, lora_cache)
 
 
 def run_cases(model: DiffusionModel, cases: int, settings: BenchSettings, folder: Path, workers: int = 1,
-              model_spec: tuple[str, str, str] | None = None) -> None:
+              model_spec: tuple[str, str, str] | None = None, lora_cache: LoraCache | None = None) -> None:
     """Run cases 0..``cases``-1 into ``folder``/cases with a progress bar on stderr; with ``workers`` > 1, in
-    spawned processes that each load ``model_spec`` (name, device, dtype) once and use one thread."""
+    spawned processes that each load ``model_spec`` (name, device, dtype) once and use one thread. Per-image LoRA
+    weights go to ``lora_cache`` (the default cache when None)."""
     resolution = model_resolution(model)
     bar = tqdm(total=cases, desc="shapes-bench", unit="case", file=sys.stderr)
     if workers == 1:
         for index in range(cases):
             case = make_drag_case(settings.seed, index, resolution)
-            run_case(model, case, settings, folder / "cases" / case.case_id)
+            run_case(model, case, settings, folder / "cases" / case.case_id, lora_cache)
             bar.update()
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=model_spec) as pool:
-            for future in as_completed([pool.submit(_work, i, settings, resolution, folder) for i in range(cases)]):
+            jobs = [pool.submit(_work, i, settings, resolution, folder, lora_cache) for i in range(cases)]
+            for future in as_completed(jobs):
                 future.result()
                 bar.update()
     bar.close()
@@ -400,6 +535,9 @@ def score_case(folder: Path) -> list[dict]:
         for path in sorted((folder / "sdedit" / kind).glob("*.png")):
             if path.name != "input.png":
                 add("sdedit", f"sdedit/{kind}", path, score_sdedit(case, load_result(path, case.resolution)))
+    for path in sorted((folder / "diffedit").glob("*.png")):
+        if path.name != "truth.png":
+            add("diffedit", "diffedit", path, score_diffedit(case, load_result(path, case.resolution)))
     return rows
 
 
@@ -417,7 +555,9 @@ INPAINT_SUMMARY = ("success", "clean", "stray_fraction", "completed", "truth_psn
                    "colour_error", "shapes", "outside_max_diff")
 SDEDIT_SUMMARY = ("success", "recovered", "extra_shapes", "stray_fraction", "truth_psnr", "truth_ssim", "solidity",
                   "colour_error")
-SUMMARY = {"drag": DRAG_SUMMARY, "inpaint": INPAINT_SUMMARY, "sdedit": SDEDIT_SUMMARY}
+DIFFEDIT_SUMMARY = ("success", "recoloured", "old_colour_gone", "truth_psnr", "region_psnr", "outside_psnr",
+                    "outside_max_diff")
+SUMMARY = {"drag": DRAG_SUMMARY, "inpaint": INPAINT_SUMMARY, "sdedit": SDEDIT_SUMMARY, "diffedit": DIFFEDIT_SUMMARY}
 
 
 def summarize(rows: Iterable[dict]) -> dict:
@@ -487,7 +627,8 @@ def comparison(entries: Sequence[tuple[DragCase, dict[str, np.ndarray], dict[str
             axis.plot([tx], [ty], marker="+", color="black", markersize=9, mew=1.5)
     handles = [Patch(facecolor="0.45", label="darkened: outside the editable mask (kept as is)"),
                Patch(facecolor="white", edgecolor="black", label="arrow: drag from the shape's centre to the target (+)")]
+    height = figure.get_figheight()
     figure.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.03, 1, 1))
+    figure.tight_layout(rect=(0, 0.3 / height, 1, 1))  # 0.3 inch for the legend
     figure.savefig(path, dpi=100)
     plt.close(figure)

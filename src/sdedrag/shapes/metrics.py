@@ -19,7 +19,7 @@ from scipy.stats import bootstrap, norm
 from skimage.measure import label, regionprops
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from sdedrag.shapes.data import PALETTE, Scene, Shape
+from sdedrag.shapes.data import PALETTE, SIZE_RANGE, Scene, Shape
 
 if TYPE_CHECKING:
     from skimage.measure._regionprops import RegionProperties
@@ -42,6 +42,11 @@ CLEAN_FRACTION = 0.9
 STRAY_TOLERANCE = 40.0
 """A pixel is stray when it is farther than this from the ground truth and from every mix of the ground-truth
 background with the moved shape's colour (what the shape's anti-aliased edge can produce anywhere)."""
+
+
+def min_shape_area(resolution: int) -> float:
+    """MIN_FRACTION of the smallest shape the data can hold (a disc of the smallest size)."""
+    return MIN_FRACTION * np.pi * (SIZE_RANGE[0] * resolution) ** 2
 
 
 def colour_mask(image: np.ndarray, rgb: Sequence[int], tolerance: float = TOLERANCE) -> np.ndarray:

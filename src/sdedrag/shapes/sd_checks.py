@@ -26,17 +26,15 @@ from sdedrag.models.stable_diffusion import StableDiffusion
 from sdedrag.settings import ReconstructParams
 from sdedrag.shapes.captions import caption, named_shapes
 from sdedrag.shapes.data import PALETTE, SIZE_RANGE, sample_scene
-from sdedrag.shapes.metrics import MIN_FRACTION, colour_regions
+from sdedrag.shapes.metrics import colour_regions, min_shape_area
 from sdedrag.shapes.train import image_grid
 from sdedrag.shapes.sd_settings import SDTrainConfig
+from sdedrag.shapes.settings import SHAPES_SD_GUIDANCE
 from sdedrag.tasks.reconstruct import reconstruct
 
 SQUARE_EXTENT = 0.86
 """A region filling more than this fraction of its bounding box is a square: exact discs fill pi / 4 = 0.79 and
 squares 1; through the shapes-sd VAE, held-out discs fill at most 0.83 and squares at least 0.89."""
-GUIDANCE = 3.0
-"""Classifier-free guidance of the adherence samples (the paper's drag guidance; on captions of another seed,
-guidance 3 drew the named colours and kinds more often than 5 or 7.5)."""
 SAMPLE_STEPS = 50
 
 
@@ -52,11 +50,6 @@ class Adherence:
     @property
     def exact(self) -> bool:
         return self.kinds and self.extras == 0
-
-
-def min_shape_area(resolution: int) -> float:
-    """MIN_FRACTION of the smallest shape the data can hold (a disc of the smallest size)."""
-    return MIN_FRACTION * np.pi * (SIZE_RANGE[0] * resolution) ** 2
 
 
 def kind_of(extent: float) -> str:
@@ -95,7 +88,7 @@ def vae_round_trip(pipe: StableDiffusionPipeline, scenes: Sequence) -> np.ndarra
 
 @torch.no_grad()
 def sample_captions(pipe: StableDiffusionPipeline, captions: Sequence[str], resolution: int, seed: int = 0,
-                    guidance: float = GUIDANCE, steps: int = SAMPLE_STEPS, batch: int = 8) -> np.ndarray:
+                    guidance: float = SHAPES_SD_GUIDANCE, steps: int = SAMPLE_STEPS, batch: int = 8) -> np.ndarray:
     """One stock-pipeline sample per caption, uint8 [N, H, W, 3]."""
     generator = torch.Generator().manual_seed(seed)
     out = []
@@ -132,7 +125,7 @@ def run_checks(folder: str | os.PathLike, config: SDTrainConfig, samples: int = 
         "colour_rate": float(np.mean([c.colours for c in checks])),
         "kind_rate": float(np.mean([c.kinds for c in checks])),
         "samples": samples,
-        "guidance": GUIDANCE,
+        "guidance": SHAPES_SD_GUIDANCE,
         "sample_steps": SAMPLE_STEPS,
         "cycle_sde_latent_rel_error": cycle.latent_rel_error,
         "per_sample": [{**asdict(c), "exact": c.exact} for c in checks],
@@ -197,8 +190,8 @@ The first 32 adherence samples (their captions are in `checks.json`):
 A latent pixel is {scale} image pixels, as on SD, but the image is {side} px instead of 512: shapes have radius
 {radii[0]:.0f}-{radii[1]:.0f} px ({radii[0] / scale:.1f}-{radii[1] / scale:.1f} latent px) and ShapesBench drags are
 {side * 0.25:.0f}-{side * 0.45:.0f} px long. The paper's step size (2 latent px) keeps its meaning, but its patch
-radius of 5 latent px would cover a whole shape and its surroundings: ShapesBench's SD track
-(`sdedrag.shapes.sd_tracks`) sets it to the shape's circumscribed radius in latent pixels, plus one.
+radius of 5 latent px would cover a whole shape and its surroundings: ShapesBench (`sdedrag.shapes.bench`) sets
+it to the shape's circumscribed radius in latent pixels, plus one.
 
 ## Training
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdedrag.settings import DragDiffusionParams, DragParams
+from sdedrag.settings import (
+    DRAGBENCH_LORA_RANK,
+    DRAGBENCH_PASTE_BACK,
+    DRAGDIFFUSION_LORA,
+    DragDiffusionParams,
+    DragParams,
+    LoraSettings,
+)
 
 SHAPES_DRAG = DragParams(steps=100, t0=0.3, paste_back=False, guidance=1.0)
 """Drag settings for the pixel-space shapes model: the paper's step size and patch scaling, and t0 = 0.3,
@@ -19,6 +26,21 @@ DDIM steps, where this model's linear schedule has alpha-bar 0.096, the level th
 (t = 681, alpha-bar 0.095; here 0.7 would leave 0.007), and without paste-back, as SHAPES_DRAG. Its mask term
 holds the latent, not the pixels, so pixels outside the mask may change. The model has 4 self-attention layers,
 so mutual self-attention from the authors' layer 10 is off."""
+
+SHAPES_SD_GUIDANCE = 3.0
+"""Classifier-free guidance on a text-conditional shapes model (``shapes-sd``), with the scene's caption as the
+prompt: the paper's drag guidance, which also drew the named colours and kinds more often than 5 or 7.5."""
+SHAPES_SD_DRAG = DragParams(paste_back=DRAGBENCH_PASTE_BACK)
+"""Drag settings on a latent shapes model: the paper's DragBench evaluation unchanged (200 steps, t0 = 0.6 on
+SD's own scaled-linear schedule, guidance 3 ramped to 1, the LoRA scale ramp, no paste-back)."""
+SHAPES_SD_LORA = LoraSettings(rank=DRAGBENCH_LORA_RANK)
+"""The per-image LoRA of the paper's DragBench evaluation (rank 4, 100 steps at lr 2e-4)."""
+SHAPES_SD_DRAGDIFFUSION = DragDiffusionParams(paste_back=False, start_layer=5)
+"""DragDiffusion on shapes-sd: the authors' settings (SD's schedule, so t0 = 0.7 means what it means there)
+without paste-back, as SHAPES_SD_DRAG, and its LoRA (DRAGDIFFUSION_LORA). Mutual self-attention starts where
+the authors' does in the UNet's layout: their layer 10 of SD 1.5's 16 self-attention layers opens its two
+highest-resolution attention up blocks; shapes-sd has 7 (down 2, mid 1, up 2 + 2), and 5 opens its highest one."""
+SHAPES_SD_DRAGDIFFUSION_LORA = DRAGDIFFUSION_LORA
 
 SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,

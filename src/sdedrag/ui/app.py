@@ -22,7 +22,7 @@ from sdedrag.errors import InputError, SdedragError
 from sdedrag.runs import settings_args
 from sdedrag.session import DragSession
 from sdedrag.settings import FAST_PRESET, MAX_LORA_STEPS
-from sdedrag.shapes.bench import DragCase
+from sdedrag.shapes.bench import DragCase, is_text_model
 from sdedrag.ui import DEFAULT_MAX_PIXELS, handlers
 from sdedrag.ui.handlers import OPTION_TYPES, Points
 
@@ -33,10 +33,10 @@ COST_OPTIONS = ("method", "steps", "t0", "step_size", "lora", "lora_steps")
 
 INTRO = """# SDE-Drag
 Drag image content with the stochastic sampler of *The Blessing of Randomness: SDE Beats ODE in General
-Diffusion-based Image Editing* (ICLR 2024). **1.** Upload an image (or, on the `shapes` model, press **New scene**)
-and brush the area that may change, or upload a mask (no mask: everything may change). **2.** Click a source
-point, then where it should go; repeat for more pairs. **3.** Describe the image and press **Run**, or
-**Compare SDE vs ODE** for both methods side by side.
+Diffusion-based Image Editing* (ICLR 2024). **1.** Upload an image (or, on the `shapes` and `shapes-sd` models,
+press **New scene**) and brush the area that may change, or upload a mask (no mask: everything may change).
+**2.** Click a source point, then where it should go; repeat for more pairs. **3.** Describe the image and press
+**Run**, or **Compare SDE vs ODE** for both methods side by side.
 """
 # Small results are enlarged for display (gradio only ever shrinks images); points view clicks rely on that
 # never-enlarge rule, so the points view is enlarged on the server instead (handlers.view_scale).
@@ -108,7 +108,8 @@ def build_app(
         case = handlers.new_scene(model)
         image = case.scene.pil()
         return (image, case, case.editable, *shown(image, case.editable), [],
-                *view(image, None, [], case, case.editable), case.radius())
+                *view(image, None, [], case, case.editable), case.radius(model.latent_scale),
+                handlers.scene_prompt(model, case))
 
     def on_mask(path: str, image: Image.Image | None, points: Points, case: DragCase | None) -> tuple[Any, ...]:
         with shown_in_page():
@@ -199,7 +200,8 @@ def build_app(
                 files = gr.File(label="Downloads: result, trajectory GIF, run.json, input, mask",
                                 file_count="multiple", interactive=False, elem_id="downloads")
         with gr.Row():
-            prompt = gr.Textbox(label="Prompt (describe the image)", scale=3, visible=not shapes, elem_id="prompt")
+            prompt = gr.Textbox(label="Prompt (describe the image)", scale=3, elem_id="prompt",
+                                visible=not shapes or is_text_model(model))
             method = gr.Radio([("SDE-Drag", "sde"), ("ODE-Drag", "ode"), ("DragDiffusion", "dragdiffusion")],
                               value=drag_defaults.method,
                               label="Method", scale=1, elem_id="method")
@@ -264,7 +266,7 @@ def build_app(
         run_inputs = [image, editor, points, case, preset, *(options[name] for name in OPTION_TYPES)]
         run_outputs = [result, files, run_status, gallery, measures]
         upload.upload(on_upload, upload, [image, case, preset, *shown_outputs, *view_outputs], show_progress="hidden")
-        scene.click(on_scene, None, [image, case, preset, *shown_outputs, *view_outputs, radius],
+        scene.click(on_scene, None, [image, case, preset, *shown_outputs, *view_outputs, radius, prompt],
                     show_progress="hidden")
         mask_upload.upload(on_mask, [mask_upload, image, points, case], [preset, editor, view_image, points_status],
                            show_progress="hidden")

@@ -18,12 +18,13 @@ from PIL import Image, ImageDraw, ImageOps
 from sdedrag.errors import InputError
 from sdedrag.io import load_mask
 from sdedrag.lora import supports_lora
-from sdedrag.models import DiffusionModel, PixelUNet
+from sdedrag.models import DiffusionModel, PixelUNet, StableDiffusion
 from sdedrag.runs import method_defaults, request_args, session_args, settings_args, settings_from_args, write_drag_run
 from sdedrag.session import DragSession
 from sdedrag.settings import DragDiffusionParams, DragParams, LoraSettings
 from sdedrag.shapes.bench import DragCase, make_drag_case, model_resolution, score_drag
-from sdedrag.shapes.settings import SHAPES_DRAG
+from sdedrag.shapes.bench import scene_prompt as bench_prompt
+from sdedrag.shapes.settings import SHAPES_DRAG, SHAPES_SD_DRAG, SHAPES_SD_LORA
 from sdedrag.tasks.common import model_size
 from sdedrag.tasks.drag import DragRequest, DragResult, move_count, to_latent_points
 from sdedrag.ui import DEFAULT_MAX_PIXELS
@@ -109,6 +110,11 @@ def model_notice(model: DiffusionModel) -> str:
                 "(`sdedrag ui --model stable-diffusion-v1-5/stable-diffusion-v1-5`).")
     if is_shapes_model(model):
         size = model_resolution(model)
+        if isinstance(model, StableDiffusion):
+            return (f"{name} A small Stable Diffusion (VAE, CLIP text encoder, cross-attention UNet) of captioned "
+                    f"coloured shapes ({size}x{size}), trained by `sdedrag train-shapes-sd`. Press **New scene** for a "
+                    "ShapesBench scene whose true result is known (its caption becomes the prompt), drag its shape "
+                    "with the per-image LoRA, and compare SDE-Drag with ODE-Drag.")
         return (f"{name} A small pixel-space diffusion model of coloured shapes on plain backgrounds ({size}x{size}), "
                 "trained by `sdedrag train-shapes`; it takes no prompt. Press **New scene** for a ShapesBench scene "
                 "whose true result is known, drag its shape, and compare SDE-Drag with ODE-Drag.")
@@ -116,14 +122,27 @@ def model_notice(model: DiffusionModel) -> str:
 
 
 def is_shapes_model(model: DiffusionModel) -> bool:
-    """Whether ``model`` is a pixel-space shapes model, which ShapesBench scenes and settings are made for."""
-    return isinstance(model, PixelUNet)
+    """Whether ShapesBench scenes and settings are made for ``model``: a pixel-space model, or a Stable Diffusion
+    folder written by ``sdedrag train-shapes-sd`` (which holds its training_config.json)."""
+    if isinstance(model, PixelUNet):
+        return True
+    folder = model.pipe.name_or_path if isinstance(model, StableDiffusion) else None
+    return bool(folder) and (Path(folder) / "training_config.json").is_file()
 
 
 def page_defaults(model: DiffusionModel) -> tuple[DragParams, LoraSettings, bool]:
-    """The page's initial drag settings, LoRA settings and LoRA switch for ``model``: ShapesBench's drag
-    settings for a shapes model, else the paper's (with LoRA on where the model supports it)."""
-    return (SHAPES_DRAG if is_shapes_model(model) else DragParams()), LoraSettings(), supports_lora(model)
+    """The page's initial drag settings, LoRA settings and LoRA switch for ``model``: ShapesBench's drag and
+    LoRA settings for a shapes model, else the paper's (with LoRA on where the model supports it)."""
+    if not is_shapes_model(model):
+        return DragParams(), LoraSettings(), supports_lora(model)
+    if isinstance(model, StableDiffusion):
+        return SHAPES_SD_DRAG, SHAPES_SD_LORA, supports_lora(model)
+    return SHAPES_DRAG, LoraSettings(), False
+
+
+def scene_prompt(model: DiffusionModel, case: DragCase) -> str:
+    """The prompt the page fills in for a scene: its caption on a text-conditional model."""
+    return bench_prompt(model, case.scene)
 
 
 def method_settings(model: DiffusionModel, method: str) -> tuple[int, float, int, float]:
