@@ -98,6 +98,21 @@ def test_tiny_training_run_writes_a_stock_pipeline_and_resumes(tmp_path):
         train(SDTrainConfig(**{**config.__dict__, "unet_steps": 3, "unet_lr": 0.5}), tmp_path, progress=False)
 
 
+def test_decoder_phase_sharpens_only_the_decoder_so_the_unet_latents_stay_valid(tmp_path):
+    config = SDTrainConfig(resolution=32, pool=4, vae_steps=2, vae_batch=2, vae_crop=32, unet_steps=1, unet_batch=2,
+                           unet_channels=(16, 32, 32), text_dim=16, warmup=1, checkpoint_every=1, decoder_batch=2)
+    train(config, tmp_path, progress=False)
+    before = StableDiffusionPipeline.from_pretrained(tmp_path).vae.state_dict()
+    results = train(SDTrainConfig(**{**config.__dict__, "decoder_steps": 3}), tmp_path, progress=False)
+    after = StableDiffusionPipeline.from_pretrained(tmp_path).vae.state_dict()
+    assert results["decoder_steps"] == 3 and results["unet_steps"] == 1
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    assert (tmp_path / "decoder_loss_log.csv").is_file()
+
+
 def test_scheduler_is_sds_with_v_prediction():
     ours = DDIMScheduler.from_config(SCHEDULER_CONFIG).config
     sds = DDIMScheduler.from_config({**SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction"}).config

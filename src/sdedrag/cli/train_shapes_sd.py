@@ -3,8 +3,9 @@ UNet) of captioned ShapesBench scenes, on CPU; the built-in --model shapes-sd.
 
 DIR becomes a stock StableDiffusionPipeline folder (EMA weights) with training_config.json, the loss logs
 and curve, the checks (VAE PSNR, caption adherence, Cycle-SDE reconstruction), samples.png, a model card
-(README.md) and run.json. DIR/vae_checkpoint.pt, DIR/latents.pt and DIR/unet_checkpoint.pt are written as
-training goes: rerunning the same command resumes from them (--unet-steps may change to stop early or extend).
+(README.md) and run.json. DIR/vae_checkpoint.pt, DIR/latents.pt, DIR/unet_checkpoint.pt and
+DIR/decoder_checkpoint.pt are written as training goes: rerunning the same command resumes from them
+(--unet-steps and --decoder-steps may change to stop early or extend).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unet-steps", type=positive_int, default=DEFAULTS.unet_steps,
                         help="UNet and text-encoder steps; may change when resuming (default: %(default)s)")
     parser.add_argument("--unet-batch", type=positive_int, default=DEFAULTS.unet_batch, help="default: %(default)s")
+    parser.add_argument("--decoder-steps", type=int, default=DEFAULTS.decoder_steps,
+                        help="then fine-tune the VAE decoder alone on the fixed latents; may change when resuming "
+                        "(default: %(default)s, none)")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed,
                         help="data, noise and init seed (default: %(default)s)")
     parser.add_argument("--threads", type=positive_int, default=DEFAULTS.threads,
@@ -54,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
     require(args, "out")
     if args.resolution % 32:
         raise InputError(f"resolution {args.resolution} is not a multiple of 32 (8x VAE, three UNet levels)")
+    if args.decoder_steps < 0:
+        raise InputError(f"--decoder-steps must be at least 0, got {args.decoder_steps}")
     config = SDTrainConfig(resolution=args.resolution, pool=args.pool, vae_steps=args.vae_steps,
-                           unet_steps=args.unet_steps, unet_batch=args.unet_batch, seed=args.seed,
+                           unet_steps=args.unet_steps, unet_batch=args.unet_batch, decoder_steps=args.decoder_steps,
+                           seed=args.seed,
                            threads=args.threads, checkpoint_every=args.checkpoint_every)
     try:
         results = train(config, args.out)

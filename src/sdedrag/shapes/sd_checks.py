@@ -153,7 +153,14 @@ def model_card(config: SDTrainConfig, results: dict[str, Any], checks: dict[str,
         + ", then ".join(f"{b} steps from step {a}" for a, b in lengths[1:])
         + " (the learning rate is constant after warmup, so only the length changed).")
     rerun = "".join(f" and rerun with `--unet-steps {b}`" for _, b in lengths[1:])
-    minutes = {k: f"{results[k + '_minutes']:.1f} min" for k in ("render", "vae", "encode", "unet")}
+    minutes = {k: f"{results.get(k + '_minutes', 0.0):.1f} min" for k in ("render", "vae", "encode", "unet", "decoder")}
+    decoder_note = "" if not results.get("decoder_steps") else (
+        f"\n- VAE decoder alone, after the UNet: {results['decoder_steps']} AdamW steps of {config.decoder_batch} "
+        f"{config.vae_crop}x{config.vae_crop} crops decoded from posterior samples of the frozen encoder's pool "
+        f"latents, L1, learning rate {config.decoder_lr} with cosine decay; the latents the UNet learned do not "
+        f"change, the decoded pixels get sharper. Final L1 (mean of the last 100 steps) "
+        f"{results['decoder_final_l1']:.4f}.")
+    decoder_flag = f" --decoder-steps {config.decoder_steps}" if config.decoder_steps else ""
     return f"""# sdedrag `shapes-sd` model
 
 A small text-to-image latent diffusion model with Stable Diffusion 1.x's pipeline classes, trained on this
@@ -205,12 +212,13 @@ it to the shape's circumscribed radius in latent pixels, plus one.
   pool's latents (a fresh posterior sample each time), learning rate {config.unet_lr} after {config.warmup} warmup
   steps, gradient clipping at 1, EMA with warmup up to decay {config.ema_decay} (the saved weights). Scheduler:
   SD's (scaled-linear betas 0.00085-0.012, 1000 steps, leading spacing) with the v-prediction target of SD 2.x.
-  Final loss (mean of the last 100 steps) {results['unet_final_loss']:.4f}.{length_note}
+  Final loss (mean of the last 100 steps) {results['unet_final_loss']:.4f}.{length_note}{decoder_note}
 - Wall time on {config.threads} CPU thread of a 2-core machine shared with other work (at nice 5): rendering
-  {minutes['render']}, VAE {minutes['vae']}, encoding the pool {minutes['encode']}, UNet {minutes['unet']}.
+  {minutes['render']}, VAE {minutes['vae']}, encoding the pool {minutes['encode']}, UNet {minutes['unet']},
+  VAE decoder {minutes['decoder']}.
 - Command: `sdedrag train-shapes-sd --out DIR --resolution {side} --pool {config.pool} --vae-steps \
 {config.vae_steps} --unet-steps {lengths[0][1]} --unet-batch {config.unet_batch} --seed {config.seed} \
---threads {config.threads}`{rerun}. Configuration: `training_config.json`; losses: `vae_loss_log.csv`,
+--threads {config.threads}{decoder_flag}`{rerun}. Configuration: `training_config.json`; losses: `vae_loss_log.csv`,
   `unet_loss_log.csv`.
 
 ![UNet loss](loss.png)

@@ -39,6 +39,10 @@ class SDTrainConfig:
     vae_lr: float = 1e-3
     vae_channels: tuple[int, ...] = (16, 32, 64, 64)
     unet_steps: int = 1500
+    decoder_steps: int = 0
+    """Steps of phase 3, which fine-tunes the VAE decoder alone on the pool's fixed latents (0: none)."""
+    decoder_lr: float = 5e-4
+    decoder_batch: int = 16
     unet_batch: int = 32
     unet_lr: float = 1e-3
     warmup: int = 100

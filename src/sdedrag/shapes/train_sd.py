@@ -1,6 +1,6 @@
 """Train ``shapes-sd``: a small Stable Diffusion (SD 1.x pipeline classes) of captioned ShapesBench scenes.
 
-Two phases, each deterministic and resumable from a checkpoint in the output folder:
+Three phases, each deterministic and resumable from a checkpoint in the output folder:
 
 1. ``vae``: an AutoencoderKL (4 latent channels, 8x downsampling) on random crops of a pool of rendered
    scenes, L1 reconstruction plus SD's KL weight; its scaling factor is then fitted to 1 / std of the
@@ -10,6 +10,9 @@ Two phases, each deterministic and resumable from a checkpoint in the output fol
    "" with probability ``caption_dropout`` (classifier-free guidance), SD's scaled-linear betas with the
    v-prediction target, constant learning rate after warmup and EMA of both networks. ``unet_steps`` may
    change when resuming (to stop early or extend); ``lengths`` records every [from_step, total_steps].
+3. ``decoder`` (``decoder_steps`` > 0): the VAE decoder alone, fine-tuned with L1 on ``vae_crop`` crops of pool
+   images decoded from posterior samples of the frozen encoder's cached latents (as SD's ft-MSE decoder was):
+   the latent space the UNet learned is unchanged, only the pixels it decodes get sharper. Its steps may change.
 
 The output folder is a stock ``StableDiffusionPipeline`` folder (EMA weights) that ``load_model`` reads.
 """
@@ -139,9 +142,11 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 
 def _check_config(state: dict[str, Any], config: SDTrainConfig, path: Path) -> None:
-    if {**state["config"], "unet_steps": config.unet_steps} != asdict(config):
-        raise ValueError(f"{path} was written with another training config (only the UNet steps may change "
-                         "when resuming); use another output folder")
+    """Refuse a checkpoint of another configuration; settings it predates (added later) take their current values."""
+    resumable = {"unet_steps": config.unet_steps, "decoder_steps": config.decoder_steps}
+    if {**asdict(config), **state["config"], **resumable} != asdict(config):
+        raise ValueError(f"{path} was written with another training config (only the UNet and decoder steps may "
+                         "change when resuming); use another output folder")
 
 
 @torch.no_grad()
@@ -285,6 +290,58 @@ def train_unet(config: SDTrainConfig, out: Path, vae: AutoencoderKL, latents: di
     return unet.eval(), text_encoder.eval(), tokenizer, {"losses": losses, "elapsed": elapsed, "lengths": lengths}
 
 
+def train_decoder(config: SDTrainConfig, out: Path, vae: AutoencoderKL, images: torch.Tensor,
+                  latents: dict[str, Any], progress: bool) -> dict:
+    """Phase 3 (resumable from ``out/decoder_checkpoint.pt``): fine-tune ``vae``'s decoder in place on the pool's
+    cached latents; returns its run record."""
+    path = out / "decoder_checkpoint.pt"
+    decoder = torch.nn.ModuleList([vae.post_quant_conv, vae.decoder])
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.decoder_lr, weight_decay=config.weight_decay)
+    start, losses, elapsed = 0, [], 0.0
+    if path.exists():
+        state = torch.load(path, weights_only=False)
+        _check_config(state, config, path)
+        if state["step"] > config.decoder_steps:
+            raise ValueError(f"{path} is at step {state['step']}, beyond the requested {config.decoder_steps} steps")
+        decoder.load_state_dict(state["decoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, losses, elapsed = state["step"], state["losses"], state["elapsed"]
+    decoder.train()
+    scale = 2 ** (len(config.vae_channels) - 1)
+    crop = max(1, min(config.vae_crop, config.resolution) // scale)  # latent pixels of a crop
+    tick = time.perf_counter()
+    bar = tqdm(range(start, config.decoder_steps), initial=start, total=config.decoder_steps, desc="decoder",
+               disable=not progress)
+    for step in bar:
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 900_000 + step)
+        picks = torch.randint(0, images.shape[0], (config.decoder_batch,), generator=generator)
+        side = latents["mean"].shape[-1]
+        y, x = (int(i) * scale for i in torch.randint(0, side - crop + 1, (2,), generator=generator))
+        window = (picks, slice(None), slice(y // scale, y // scale + crop), slice(x // scale, x // scale + crop))
+        mean, std = latents["mean"][window], latents["std"][window]
+        z = mean + std * torch.randn(mean.shape, generator=generator)
+        pixels = to_unit(images[picks, :, y : y + crop * scale, x : x + crop * scale])
+        loss = (vae.decode(z).sample - pixels).abs().mean()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config.decoder_lr, config.warmup, step, config.decoder_steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        done = step + 1
+        if done % config.checkpoint_every == 0 or done == config.decoder_steps:
+            elapsed += time.perf_counter() - tick
+            tick = time.perf_counter()
+            _save(path, {"config": asdict(config), "step": done, "losses": losses, "elapsed": elapsed,
+                         "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict()})
+            print(f"decoder step {done}/{config.decoder_steps}: L1(last 100) {np.mean(losses[-100:]):.4f}, "
+                  f"{elapsed / 60:.1f} min", flush=True)
+    bar.close()
+    vae.eval()
+    return {"losses": losses, "elapsed": elapsed}
+
+
 def pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, unet: UNet2DConditionModel,
              config: SDTrainConfig) -> StableDiffusionPipeline:
     """The trained parts as a stock Stable Diffusion pipeline with the training scheduler config."""
@@ -294,7 +351,7 @@ def pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTok
 
 
 def train(config: SDTrainConfig, out: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) both phases and write the diffusers folder, config and loss logs; returns the run's results."""
+    """Run (or resume) the phases and write the diffusers folder, config and loss logs; returns the run's results."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
@@ -304,6 +361,7 @@ def train(config: SDTrainConfig, out: str | os.PathLike, progress: bool = True) 
     vae, vae_run = train_vae(config, out, images, progress)
     latents = fit_latents(config, out, vae, images)
     unet, text_encoder, tokenizer, unet_run = train_unet(config, out, vae, latents, captions, progress)
+    decoder_run = train_decoder(config, out, vae, images, latents, progress)
     pipe = pipeline(vae, text_encoder, tokenizer, unet, config)
     if config.save_dtype == "float16":  # diffusers loads these back as float32; transformers would keep float16
         for module in (vae, unet):
@@ -312,7 +370,9 @@ def train(config: SDTrainConfig, out: str | os.PathLike, progress: bool = True) 
     for module in (vae, unet):
         torch.nn.Module.to(module, dtype=torch.float32)
     (out / "training_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    for name, run in (("vae", vae_run), ("unet", unet_run)):
+    for name, run in (("vae", vae_run), ("unet", unet_run), ("decoder", decoder_run)):
+        if not run["losses"]:
+            continue
         np.savetxt(out / f"{name}_loss_log.csv", np.column_stack([np.arange(1, len(run["losses"]) + 1), run["losses"]]),
                    delimiter=",", fmt=["%d", "%.6f"], header="step,loss", comments="")
     loss_curve(unet_run["losses"], out / "loss.png")
@@ -321,6 +381,9 @@ def train(config: SDTrainConfig, out: str | os.PathLike, progress: bool = True) 
         "unet_steps": len(unet_run["losses"]),
         "vae_final_l1": float(np.mean(vae_run["losses"][-100:])),
         "unet_final_loss": float(np.mean(unet_run["losses"][-100:])),
+        "decoder_steps": len(decoder_run["losses"]),
+        "decoder_final_l1": float(np.mean(decoder_run["losses"][-100:])) if decoder_run["losses"] else None,
+        "decoder_minutes": decoder_run["elapsed"] / 60,
         "vae_minutes": vae_run["elapsed"] / 60,
         "encode_minutes": latents["elapsed"] / 60,
         "render_minutes": render_seconds / 60,
