@@ -47,10 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_parser.add_argument("--limit", type=positive_int, help="only the first N cases (in sorted id order)")
     run_parser.add_argument("--max-size", type=positive_int, help="downscale images whose longer side exceeds N pixels")
     add_image_options(run_parser)
-    add_drag_options(run_parser)
-    run_parser.add_argument("--paste-back", dest="paste_back", action="store_true",
-                            help="keep the input's pixels exactly outside the mask (default: off)")
-    run_parser.set_defaults(paste_back=DRAGBENCH_PASTE_BACK, lora_rank=None)
+    add_drag_options(run_parser, lora_rank=DRAGBENCH_LORA_RANK, paste_back=DRAGBENCH_PASTE_BACK)
     add_model_options(run_parser)
 
     eval_parser = commands.add_parser("eval", help="score a results folder: metrics.csv and summary.json", description=evaluate_results.__doc__)

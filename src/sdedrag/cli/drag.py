@@ -90,9 +90,11 @@ def guidance_or_ramp(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"must be a number in [1, {MAX_GUIDANCE:g}] or 'ramp', got {text}") from None
 
 
-def add_drag_options(parser: argparse.ArgumentParser) -> None:
+def add_drag_options(parser: argparse.ArgumentParser, lora_rank: int = LoraSettings.rank, paste_back: bool = True
+                     ) -> None:
     """The drag settings (method, solver, patch copy or latent optimisation, LoRA), shared with ``sdedrag bench
-    run``. Options whose default depends on the method default to None here and are resolved by the method."""
+    run``, whose SDE-/ODE-Drag ``lora_rank`` and ``paste_back`` defaults differ. Options whose default depends on
+    the method default to None here and are resolved by the method."""
     parser.add_argument("--method", choices=DRAG_METHODS, default=DEFAULTS.method,
                         help="sde: SDE-Drag (Cycle-SDE, recorded noise), ode: ODE-Drag (DDIM inversion), "
                              "dragdiffusion: DragDiffusion (latent optimisation, DDIM) (default: %(default)s)")
@@ -125,14 +127,18 @@ def add_drag_options(parser: argparse.ArgumentParser) -> None:
         help="about 12x cheaper moves: --order 1 --steps 25 --reuse 2, unless --order/--steps/--reuse say otherwise "
              "(benchmarks/README.md)",
     )
-    parser.add_argument("--no-paste-back", dest="paste_back", action="store_false",
-                        help="do not keep the input's pixels outside the mask")
+    if paste_back:
+        parser.add_argument("--no-paste-back", dest="paste_back", action="store_false",
+                            help="do not keep the input's pixels outside the mask")
+    else:
+        parser.add_argument("--paste-back", dest="paste_back", action="store_true",
+                            help="keep the input's pixels exactly outside the mask (default: off)")
     parser.add_argument("--no-lora", dest="lora", action="store_false", help="skip per-image LoRA fine-tuning")
     defaults, dd_lora = LoraSettings(), DRAGDIFFUSION_LORA
     parser.add_argument("--lora-steps", type=positive_int,
                         help=f"LoRA training steps (default: {defaults.steps}; dragdiffusion {dd_lora.steps})")
     parser.add_argument("--lora-rank", type=positive_int,
-                        help=f"LoRA rank (default: {defaults.rank}; dragdiffusion {dd_lora.rank})")
+                        help=f"LoRA rank (default: {lora_rank}; dragdiffusion {dd_lora.rank})")
     parser.add_argument("--lora-lr", type=positive,
                         help=f"LoRA learning rate (default: {defaults.learning_rate}; "
                              f"dragdiffusion {dd_lora.learning_rate})")
