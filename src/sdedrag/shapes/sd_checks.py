@@ -219,7 +219,7 @@ it to the shape's circumscribed radius in latent pixels, plus one.
 - Command: `sdedrag train-shapes-sd --out DIR --resolution {side} --pool {config.pool} --vae-steps \
 {config.vae_steps} --unet-steps {lengths[0][1]} --unet-batch {config.unet_batch} --seed {config.seed} \
 --threads {config.threads}{decoder_flag}`{rerun}. Configuration: `training_config.json`; losses: `vae_loss_log.csv`,
-  `unet_loss_log.csv`.
+  `unet_loss_log.csv`{", `decoder_loss_log.csv`" if config.decoder_steps else ""}.
 
 ![UNet loss](loss.png)
 """
