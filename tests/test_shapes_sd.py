@@ -246,3 +246,25 @@ def test_demo_on_shapes_sd_drags_as_on_sd_and_scores_against_the_truth(tmp_path,
     assert "verdict: SDE-Drag" in captured.out
     assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1  # the per-image LoRA, trained once
     assert Image.open(out / "sde.gif").size == (256, 256)
+
+
+def test_on_a_latent_model_the_drag_vector_is_whole_latent_pixels_so_the_truth_is_reachable():
+    from sdedrag.shapes.bench import make_drag_case
+    from sdedrag.tasks.drag import to_latent_points
+
+    for index in range(10):
+        case = make_drag_case(0, index, RESOLUTION, grid=8)
+        vector = np.subtract(case.target, case.source)
+        assert np.array_equal(vector % 8, [0, 0]) and np.hypot(*vector) >= 24
+        latent = to_latent_points(np.array([case.source, case.target]), (RESOLUTION,) * 2, (16, 16))
+        assert np.array_equal((latent[1] - latent[0]) * 8, vector)  # the latent move is the true move
+    assert make_drag_case(0, 0, RESOLUTION).grid == 1  # pixel models keep their cases
+
+
+def test_a_case_folder_remembers_its_grid(tmp_path):
+    from sdedrag.shapes.bench import make_drag_case, read_case, write_case
+
+    case = make_drag_case(0, 5, RESOLUTION, grid=8)
+    write_case(case, tmp_path / "case")
+    again = read_case(tmp_path / "case")
+    assert again.grid == 8 and again.target == case.target

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     rows, entries = [], []
     with atomic_output_dir(args.out) as staging:
         for number, index in enumerate(args.cases):
-            case = make_drag_case(args.seed, index, resolution)
+            case = make_drag_case(args.seed, index, resolution, model.latent_scale)
             folder = staging / "cases" / case.case_id
             write_case(case, folder)
             (folder / "drag").mkdir()

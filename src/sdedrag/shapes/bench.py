@@ -15,7 +15,7 @@ guidance ramp): :func:`settings_for` gives each kind of model its defaults.
 
 Results live in a folder any method can fill (see :func:`score_folder`)::
 
-    cases/<case id>/case.json                      seed, index and resolution (the case is rebuilt from them)
+    cases/<case id>/case.json                      seed, index, resolution and grid (the case is rebuilt from them)
     cases/<case id>/input.png, mask.png, truth.png the scene, the drag's editable mask, the drag's ground truth
     cases/<case id>/drag/<label>.png               a drag result, e.g. sde.png, ode.png, dragdiffusion.png
     cases/<case id>/inpaint/<region>/mask.png      the region to regenerate (region: shape or box)
@@ -133,6 +133,8 @@ class DragCase:
     editable: np.ndarray
     seed: int
     index: int
+    grid: int = 1
+    """The drag vector is a whole number of ``grid`` pixels in x and y (a latent model's latent pixel)."""
 
     @property
     def shape(self):
@@ -235,8 +237,10 @@ def scene_prompt(model: DiffusionModel, scene: Scene) -> str:
     return caption(scene) if is_text_model(model) else ""
 
 
-def make_drag_case(seed: int, index: int, resolution: int = 32, tries: int = 200) -> DragCase:
-    """Case ``index`` of the benchmark seeded by ``seed`` (deterministic)."""
+def make_drag_case(seed: int, index: int, resolution: int = 32, grid: int = 1, tries: int = 200) -> DragCase:
+    """Case ``index`` of the benchmark seeded by ``seed`` (deterministic). With ``grid`` > 1 the drag vector is
+    rounded to whole multiples of ``grid`` pixels: a latent-space method moves content by whole latent pixels,
+    so on a latent model (grid = its latent scale) the true result is then one it can reach exactly."""
     rng = np.random.default_rng([seed, index])
     for _ in range(tries):
         scene = sample_scene(rng, resolution)
@@ -244,7 +248,10 @@ def make_drag_case(seed: int, index: int, resolution: int = 32, tries: int = 200
         shape, others = scene.shapes[k], [s for i, s in enumerate(scene.shapes) if i != k]
         angle = rng.uniform(0, 2 * np.pi)
         length = rng.uniform(*DRAG_DISTANCE) * resolution
-        target = (shape.centre[0] + length * np.cos(angle), shape.centre[1] + length * np.sin(angle))
+        vector = np.array([length * np.cos(angle), length * np.sin(angle)])
+        if grid > 1:
+            vector = grid * np.round(vector / grid)
+        target = (shape.centre[0] + vector[0], shape.centre[1] + vector[1])
         if not fits(shape.moved(target), others, resolution, gap=MASK_MARGIN + 2):
             continue
         footprint = scene.masks[k] | shape.moved(target).mask(resolution, resolution)
@@ -252,7 +259,8 @@ def make_drag_case(seed: int, index: int, resolution: int = 32, tries: int = 200
         for i, mask in enumerate(scene.masks):
             if i != k:
                 editable &= ~binary_dilation(mask, iterations=1)
-        return DragCase(f"{seed}-{index:04d}", scene, k, (float(target[0]), float(target[1])), editable, seed, index)
+        return DragCase(f"{seed}-{index:04d}", scene, k, (float(target[0]), float(target[1])), editable, seed, index,
+                        grid)
     raise RuntimeError(f"no drag case found for seed {seed}, index {index} in {tries} tries")
 
 
@@ -407,6 +415,7 @@ def write_case(case: DragCase, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     source_prompt, target_prompt = diffedit_prompts(case)
     spec = {"case": case.case_id, "seed": case.seed, "index": case.index, "resolution": case.resolution,
+            "grid": case.grid,
             "shape": case.shape.colour + " " + case.shape.kind, "source": list(case.source), "target": list(case.target),
             "prompt": source_prompt, "diffedit": {"colour": case.edit_colour(), "target_prompt": target_prompt}}
     (folder / "case.json").write_text(json.dumps(spec, indent=2) + "\n")
@@ -470,7 +479,7 @@ def _start_worker(model: str, device: str, dtype: str) -> None:
 
 
 def _work(index: int, settings: BenchSettings, resolution: int, folder: Path, lora_cache: LoraCache | None) -> None:
-    case = make_drag_case(settings.seed, index, resolution)
+    case = make_drag_case(settings.seed, index, resolution, _WORKER_MODEL.latent_scale)
     run_case(_WORKER_MODEL, case, settings, folder / "cases" / case.case_id, lora_cache)
 
 
@@ -483,7 +492,7 @@ def run_cases(model: DiffusionModel, cases: int, settings: BenchSettings, folder
     bar = tqdm(total=cases, desc="shapes-bench", unit="case", file=sys.stderr)
     if workers == 1:
         for index in range(cases):
-            case = make_drag_case(settings.seed, index, resolution)
+            case = make_drag_case(settings.seed, index, resolution, model.latent_scale)
             run_case(model, case, settings, folder / "cases" / case.case_id, lora_cache)
             bar.update()
     else:
@@ -508,7 +517,7 @@ def read_case(folder: Path) -> DragCase:
     """The case a folder holds, rebuilt from its case.json; its input.png must be that case's scene."""
     try:
         spec = json.loads((folder / "case.json").read_text())
-        case = make_drag_case(int(spec["seed"]), int(spec["index"]), int(spec["resolution"]))
+        case = make_drag_case(int(spec["seed"]), int(spec["index"]), int(spec["resolution"]), int(spec.get("grid", 1)))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise InputError(f"{folder} is not a ShapesBench case folder: {err}") from err
     if not np.array_equal(load_result(folder / "input.png", case.resolution), case.scene.image):

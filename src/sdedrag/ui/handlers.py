@@ -284,7 +284,7 @@ def new_scene(model: DiffusionModel, index: int | None = None) -> DragCase:
     """ShapesBench drag case ``index`` (random when None) at the shapes ``model``'s resolution."""
     if index is None:
         index = int(np.random.default_rng().integers(SCENE_INDICES))
-    return make_drag_case(SCENE_SEED, index, model_resolution(model))
+    return make_drag_case(SCENE_SEED, index, model_resolution(model), model.latent_scale)
 
 
 def scene_task(case: DragCase) -> str:
