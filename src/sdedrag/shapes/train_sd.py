@@ -135,6 +135,17 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, generator: torch.Generator) ->
     return (reconstruction - x).abs().mean() + KL_WEIGHT * posterior.kl().mean() / x[0].numel()
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> float:
+    """One step on ``loss`` at learning rate ``lr``, gradients clipped to norm 1; returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], 1.0)
+    optimizer.step()
+    return loss.item()
+
+
 def _save(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(state, tmp)
@@ -181,13 +192,8 @@ def train_vae(config: SDTrainConfig, out: Path, images: torch.Tensor, progress: 
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         crops = random_crops(images, min(config.vae_crop, config.resolution), config.vae_batch, generator)
         loss = vae_loss(vae, crops, generator)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config.vae_lr, config.warmup, step, config.vae_steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+        lr = learning_rate(config.vae_lr, config.warmup, step, config.vae_steps)
+        losses.append(optimizer_step(optimizer, loss, lr))
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.vae_steps:
             elapsed += time.perf_counter() - tick
@@ -266,14 +272,8 @@ def train_unet(config: SDTrainConfig, out: Path, vae: AutoencoderKL, latents: di
         output = unet(scheduler.add_noise(x0, noise, timesteps), timesteps,
                       encoder_hidden_states=text_encoder(tokens)[0]).sample
         loss = torch.nn.functional.mse_loss(output, target)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config.unet_lr, config.warmup, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
+        losses.append(optimizer_step(optimizer, loss, learning_rate(config.unet_lr, config.warmup, step)))
         ema.step(parameters)
-        losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}", refresh=False)
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.unet_steps:
@@ -309,26 +309,21 @@ def train_decoder(config: SDTrainConfig, out: Path, vae: AutoencoderKL, images: 
     decoder.train()
     scale = 2 ** (len(config.vae_channels) - 1)
     crop = max(1, min(config.vae_crop, config.resolution) // scale)  # latent pixels of a crop
+    side = latents["mean"].shape[-1]
     tick = time.perf_counter()
     bar = tqdm(range(start, config.decoder_steps), initial=start, total=config.decoder_steps, desc="decoder",
                disable=not progress)
     for step in bar:
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 900_000 + step)
         picks = torch.randint(0, images.shape[0], (config.decoder_batch,), generator=generator)
-        side = latents["mean"].shape[-1]
-        y, x = (int(i) * scale for i in torch.randint(0, side - crop + 1, (2,), generator=generator))
-        window = (picks, slice(None), slice(y // scale, y // scale + crop), slice(x // scale, x // scale + crop))
+        y, x = (int(i) for i in torch.randint(0, side - crop + 1, (2,), generator=generator))  # latent pixels
+        window = (picks, slice(None), slice(y, y + crop), slice(x, x + crop))
         mean, std = latents["mean"][window], latents["std"][window]
         z = mean + std * torch.randn(mean.shape, generator=generator)
-        pixels = to_unit(images[picks, :, y : y + crop * scale, x : x + crop * scale])
+        pixels = to_unit(images[picks, :, y * scale : (y + crop) * scale, x * scale : (x + crop) * scale])
         loss = (vae.decode(z).sample - pixels).abs().mean()
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config.decoder_lr, config.warmup, step, config.decoder_steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+        lr = learning_rate(config.decoder_lr, config.warmup, step, config.decoder_steps)
+        losses.append(optimizer_step(optimizer, loss, lr))
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.decoder_steps:
             elapsed += time.perf_counter() - tick
