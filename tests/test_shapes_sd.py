@@ -268,3 +268,21 @@ def test_a_case_folder_remembers_its_grid(tmp_path):
     write_case(case, tmp_path / "case")
     again = read_case(tmp_path / "case")
     assert again.grid == 8 and again.target == case.target
+
+
+def test_the_runs_guidance_reaches_the_diffedit_track(tmp_path, monkeypatch):
+    import sdedrag.shapes.bench as bench
+
+    model = load_model("shapes-sd", device="cpu")
+    seen = []
+
+    def recording(model, image, source, target, params):
+        seen.append(params)
+        return type("Result", (), {"image": image})()
+
+    monkeypatch.setattr(bench, "diffedit", recording)
+    case = bench.make_drag_case(0, 0, RESOLUTION, grid=8)
+    for guidance in (3.0, 5.0):
+        settings = bench.settings_for(model, tracks=("diffedit",), guidance=guidance, seed=7)
+        bench.run_case(model, case, settings, tmp_path / str(guidance))
+    assert [(p.guidance, p.seed) for p in seen] == [(3.0, 7), (3.0, 7), (5.0, 7), (5.0, 7)]

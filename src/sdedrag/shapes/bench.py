@@ -189,7 +189,8 @@ class BenchSettings:
     corruptions: tuple[str, ...] = CORRUPTIONS
     sdedit_t0: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5)
     sdedit_steps: int = 50
-    diffedit: DiffEditParams = DiffEditParams(guidance=SHAPES_SD_GUIDANCE)
+    diffedit: DiffEditParams = DiffEditParams()
+    """DiffEdit's settings but for ``guidance`` and ``seed``, which come from this run's."""
     seed: int = 0
     methods: tuple[str, ...] = METHODS
 
@@ -463,7 +464,7 @@ def run_case(model: DiffusionModel, case: DragCase, settings: BenchSettings, fol
                                        settings.guidance)
                     image.save(folder / "sdedit" / kind / f"{sdedit_label(method, t0)}.png")
     if "diffedit" in settings.tracks:
-        params = replace(settings.diffedit, seed=settings.seed)
+        params = replace(settings.diffedit, seed=settings.seed, guidance=settings.guidance)
         for method in settings.methods:
             run_diffedit(model, case, method, params).save(folder / "diffedit" / f"{method}.png")
 
