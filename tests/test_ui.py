@@ -286,6 +286,7 @@ def test_a_scene_run_shows_the_ground_truth_and_compares_sde_with_ode(shapes_ses
 
 
 def test_on_shapes_sd_a_scene_is_prompted_with_its_caption_and_dragged_with_lora(tmp_path):
+    from sdedrag.shapes.bench import scene_prompt
     from sdedrag.shapes.captions import caption
     from sdedrag.shapes.settings import SHAPES_SD_DRAG, SHAPES_SD_LORA
 
@@ -294,9 +295,9 @@ def test_on_shapes_sd_a_scene_is_prompted_with_its_caption_and_dragged_with_lora
     assert handlers.is_shapes_model(model) and "train-shapes-sd" in handlers.model_notice(model)
     assert handlers.page_defaults(model) == (SHAPES_SD_DRAG, SHAPES_SD_LORA, True)
     case = handlers.new_scene(model, 0)
-    assert case.resolution == 128 and handlers.scene_prompt(model, case) == caption(case.scene)
+    assert case.resolution == 128 and scene_prompt(model, case.scene) == caption(case.scene)
     points = [[int(case.source[0]), int(case.source[1])], [int(case.target[0]), int(case.target[1])]]
-    options = {**FAST, "prompt": handlers.scene_prompt(model, case), "steps": 50, "t0": 0.6, "lora": True,
+    options = {**FAST, "prompt": scene_prompt(model, case.scene), "steps": 50, "t0": 0.6, "lora": True,
                "lora_steps": 5, "paste_back": False, "radius": case.radius(model.latent_scale)}
     final = list(handlers.run_drag(session, tmp_path / "runs", case.scene.pil(), None, points, options, case,
                                    case.editable))[-1]

@@ -22,7 +22,7 @@ from sdedrag.errors import InputError, SdedragError
 from sdedrag.runs import settings_args
 from sdedrag.session import DragSession
 from sdedrag.settings import FAST_PRESET, MAX_LORA_STEPS
-from sdedrag.shapes.bench import DragCase, is_text_model
+from sdedrag.shapes.bench import DragCase, is_text_model, scene_prompt
 from sdedrag.ui import DEFAULT_MAX_PIXELS, handlers
 from sdedrag.ui.handlers import OPTION_TYPES, Points
 
@@ -109,7 +109,7 @@ def build_app(
         image = case.scene.pil()
         return (image, case, case.editable, *shown(image, case.editable), [],
                 *view(image, None, [], case, case.editable), case.radius(model.latent_scale),
-                handlers.scene_prompt(model, case))
+                scene_prompt(model, case.scene))
 
     def on_mask(path: str, image: Image.Image | None, points: Points, case: DragCase | None) -> tuple[Any, ...]:
         with shown_in_page():

@@ -23,7 +23,6 @@ from sdedrag.runs import method_defaults, request_args, session_args, settings_a
 from sdedrag.session import DragSession
 from sdedrag.settings import DragDiffusionParams, DragParams, LoraSettings
 from sdedrag.shapes.bench import DragCase, make_drag_case, model_resolution, score_drag
-from sdedrag.shapes.bench import scene_prompt as bench_prompt
 from sdedrag.shapes.settings import SHAPES_DRAG, SHAPES_SD_DRAG, SHAPES_SD_LORA
 from sdedrag.tasks.common import model_size
 from sdedrag.tasks.drag import DragRequest, DragResult, move_count, to_latent_points
@@ -138,11 +137,6 @@ def page_defaults(model: DiffusionModel) -> tuple[DragParams, LoraSettings, bool
     if isinstance(model, StableDiffusion):
         return SHAPES_SD_DRAG, SHAPES_SD_LORA, supports_lora(model)
     return SHAPES_DRAG, LoraSettings(), False
-
-
-def scene_prompt(model: DiffusionModel, case: DragCase) -> str:
-    """The prompt the page fills in for a scene: its caption on a text-conditional model."""
-    return bench_prompt(model, case.scene)
 
 
 def method_settings(model: DiffusionModel, method: str) -> tuple[int, float, int, float]:
